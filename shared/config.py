@@ -1,0 +1,128 @@
+"""Typed configuration: one object per concern, loaded from TOML and validated once at the edge."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names the bad key."""
+
+
+class FestaModel(BaseModel):
+    """Base for every config object: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(FestaModel):
+    """Sizes of the split ViT shared by every head, the body and every tail."""
+
+    image_size: int = Field(64, ge=16, le=1024)
+    patch_size: int = Field(8, ge=2, le=64)
+    in_chans: int = Field(1, ge=1, le=3)
+    embed_dim: int = Field(128, ge=16)
+    depth: int = Field(4, ge=1, le=48)
+    num_heads: int = Field(4, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    num_classes: int = Field(3, ge=2)
+    num_box_classes: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _check_divisibility(self) -> ModelConfig:
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})"
+            )
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"embed_dim ({self.embed_dim}) must be a multiple of num_heads ({self.num_heads})"
+            )
+        return self
+
+    @property
+    def grid_size(self) -> int:
+        """Tokens per side of the patch grid."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid_size**2
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Small enough for CPU tests and the 2-core main job.
+    "tiny": dict(image_size=64, patch_size=8, embed_dim=128, depth=4, num_heads=4),
+    # ViT-B/16 body: 12 blocks, 768 wide, 12 heads (85 M parameters).
+    "base": dict(image_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12),
+}
+
+
+def model_preset(name: str, **overrides: Any) -> ModelConfig:
+    """A named model size (`tiny` or `base`) with optional field overrides."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return ModelConfig(**{**PRESETS[name], **overrides})
+
+
+class OptimConfig(FestaModel):
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    batch_size: int = Field(32, ge=1)
+
+
+class DataConfig(FestaModel):
+    """Where images come from: `phantoms` (built in) or a folder with a manifest CSV."""
+
+    source: str = "phantoms"
+    train_size: int = Field(2000, ge=1, description="phantom images for training")
+    val_size: int = Field(400, ge=1, description="phantom images for validation")
+    train_split: str = "train"
+    val_split: str = "val"
+
+
+class CentralConfig(FestaModel):
+    """`festa train-central`: the pooled-data yardstick."""
+
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    data: DataConfig = DataConfig()
+    tasks: list[Literal["classification", "segmentation", "detection"]] = [
+        "classification",
+        "segmentation",
+        "detection",
+    ]
+    epochs: int = Field(8, ge=1)
+    seed: int = 0
+    device: str = "cpu"
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def load_toml(path: str | Path, cls: type[C], **overrides: Any) -> C:
+    """Read a TOML file into `cls`, applying top-level `overrides`; errors name the bad key."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return validate(cls, {**raw, **overrides}, source=str(path))
+
+
+def validate(cls: type[C], data: dict[str, Any], source: str = "config") -> C:
+    """Build `cls` from a dict, turning pydantic errors into one readable ConfigError."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(root)"
+            lines.append(f"  {key}: {err['msg']}")
+        raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines)) from exc
