@@ -102,6 +102,9 @@ class RemoteBodyLink:
     def close(self) -> None:
         """End the stream cleanly (the server records this node as finished) and disconnect."""
         if self._call is not None:
+            done = body_pb2.ClientMessage(done=body_pb2.Done())
+            self.bytes_sent += done.ByteSize()
+            self._outbox.put(done)
             self._outbox.put(None)
             try:
                 for _ in self._call:  # drain until the server closes its side

@@ -342,7 +342,12 @@ class BodyService:
                 elif kind == "drop":
                     raise _Refusal(*item)
                 elif kind == "end":
-                    self._end_stream(rnd, client)
+                    if client.state != "finished":
+                        raise _Refusal(
+                            Code.CANCELLED,
+                            f"stream ended without Done at step {client.next_step} "
+                            "(client vanished or the transport cut it)",
+                        )
                     return
                 else:  # broken
                     raise _Refusal(Code.CANCELLED, f"stream broke: {item}")
@@ -449,6 +454,11 @@ class BodyService:
     def _handle(self, rnd: _Round, client: _Client, message: Any) -> body_pb2.ServerMessage | None:
         """One client message -> its reply now (async, evaluate) or None (sync: reply comes later)."""
         kind = message.WhichOneof("kind")
+        if client.state != "live":
+            raise _Refusal(Code.FAILED_PRECONDITION, f"{kind} after this node left the round")
+        if kind == "done":
+            self._finish(rnd, client)
+            return None
         if kind == "evaluate":
             if not message.evaluate.HasField("tokens"):
                 raise _Refusal(Code.INVALID_ARGUMENT, "evaluate without tokens")
@@ -535,16 +545,18 @@ class BodyService:
             client.expect = "forward"
             client.next_step += 1
 
-    def _end_stream(self, rnd: _Round, client: _Client) -> None:
-        """The client closed its side: finished if between steps, dropped if mid-step."""
+    def _finish(self, rnd: _Round, client: _Client) -> None:
+        """Done: the client leaves the round between steps; sync steps stop waiting for it."""
+        if client.expect != "forward":
+            raise _Refusal(
+                Code.FAILED_PRECONDITION,
+                f"Done in the middle of step {client.next_step} (waiting for {client.expect})",
+            )
         with rnd.cond:
-            if client.expect == "forward":
-                if client.state == "live":
-                    client.state = "finished"
-                    rnd.cond.notify_all()
-                    log.info("round %d: node %s finished", rnd.round_id, client.node_id)
-                return
-        raise _Refusal(Code.CANCELLED, f"stream ended in the middle of step {client.next_step}")
+            if client.state == "live":
+                client.state = "finished"
+                rnd.cond.notify_all()
+                log.info("round %d: node %s finished", rnd.round_id, client.node_id)
 
     def _release(self, rnd: _Round, client: _Client) -> None:
         if client.forward_state is not None:  # async: never leave the train lock held
@@ -552,7 +564,11 @@ class BodyService:
             rnd.train_lock.release()
         with rnd.cond:
             if client.state == "live":
-                rnd.drop(client, Code.CANCELLED, "stream ended unexpectedly")
+                rnd.drop(
+                    client,
+                    Code.CANCELLED,
+                    "stream closed by the transport (connection lost or a message over the gRPC size limit)",
+                )
 
 
 class _SyncCoordinator:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$server/body_service/proto/body.proto\x12\nfesta.body\"D\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0e\n\x06scales\x18\x04 \x01(\x0c\"\x16\n\x05Hello\x12\r\n\x05token\x18\x01 \x01(\t\";\n\x07\x46orward\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\"\n\x06tokens\x18\x02 \x01(\x0b\x32\x12.festa.body.Tensor\"A\n\x08\x42\x61\x63kward\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\'\n\x0bgrad_output\x18\x02 \x01(\x0b\x32\x12.festa.body.Tensor\".\n\x08\x45valuate\x12\"\n\x06tokens\x18\x01 \x01(\x0b\x32\x12.festa.body.Tensor\"\xb7\x01\n\rClientMessage\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.festa.body.HelloH\x00\x12&\n\x07\x66orward\x18\x02 \x01(\x0b\x32\x13.festa.body.ForwardH\x00\x12(\n\x08\x62\x61\x63kward\x18\x03 \x01(\x0b\x32\x14.festa.body.BackwardH\x00\x12(\n\x08\x65valuate\x18\x04 \x01(\x0b\x32\x14.festa.body.EvaluateH\x00\x42\x06\n\x04kind\"\xae\x01\n\x07Welcome\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x12\n\ntrain_body\x18\x05 \x01(\x08\x12\x11\n\tembed_dim\x18\x06 \x01(\x03\x12\x12\n\nmax_tokens\x18\x07 \x01(\x03\x12\x11\n\tmax_batch\x18\x08 \x01(\x03\x12\x19\n\x11max_message_bytes\x18\t \x01(\x03\"\x9e\x01\n\rServerMessage\x12&\n\x07welcome\x18\x01 \x01(\x0b\x32\x13.festa.body.WelcomeH\x00\x12$\n\x06output\x18\x02 \x01(\x0b\x32\x12.festa.body.TensorH\x00\x12)\n\x0bgrad_tokens\x18\x03 \x01(\x0b\x32\x12.festa.body.TensorH\x00\x12\x0c\n\x04step\x18\x04 \x01(\x03\x42\x06\n\x04kind2R\n\x0b\x42odyService\x12\x43\n\x07Session\x12\x19.festa.body.ClientMessage\x1a\x19.festa.body.ServerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$server/body_service/proto/body.proto\x12\nfesta.body\"D\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0e\n\x06scales\x18\x04 \x01(\x0c\"\x16\n\x05Hello\x12\r\n\x05token\x18\x01 \x01(\t\";\n\x07\x46orward\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\"\n\x06tokens\x18\x02 \x01(\x0b\x32\x12.festa.body.Tensor\"A\n\x08\x42\x61\x63kward\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\'\n\x0bgrad_output\x18\x02 \x01(\x0b\x32\x12.festa.body.Tensor\".\n\x08\x45valuate\x12\"\n\x06tokens\x18\x01 \x01(\x0b\x32\x12.festa.body.Tensor\"\x06\n\x04\x44one\"\xd9\x01\n\rClientMessage\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.festa.body.HelloH\x00\x12&\n\x07\x66orward\x18\x02 \x01(\x0b\x32\x13.festa.body.ForwardH\x00\x12(\n\x08\x62\x61\x63kward\x18\x03 \x01(\x0b\x32\x14.festa.body.BackwardH\x00\x12(\n\x08\x65valuate\x18\x04 \x01(\x0b\x32\x14.festa.body.EvaluateH\x00\x12 \n\x04\x64one\x18\x05 \x01(\x0b\x32\x10.festa.body.DoneH\x00\x42\x06\n\x04kind\"\xae\x01\n\x07Welcome\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x12\n\ntrain_body\x18\x05 \x01(\x08\x12\x11\n\tembed_dim\x18\x06 \x01(\x03\x12\x12\n\nmax_tokens\x18\x07 \x01(\x03\x12\x11\n\tmax_batch\x18\x08 \x01(\x03\x12\x19\n\x11max_message_bytes\x18\t \x01(\x03\"\x9e\x01\n\rServerMessage\x12&\n\x07welcome\x18\x01 \x01(\x0b\x32\x13.festa.body.WelcomeH\x00\x12$\n\x06output\x18\x02 \x01(\x0b\x32\x12.festa.body.TensorH\x00\x12)\n\x0bgrad_tokens\x18\x03 \x01(\x0b\x32\x12.festa.body.TensorH\x00\x12\x0c\n\x04step\x18\x04 \x01(\x03\x42\x06\n\x04kind2R\n\x0b\x42odyService\x12\x43\n\x07Session\x12\x19.festa.body.ClientMessage\x1a\x19.festa.body.ServerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,12 +41,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BACKWARD']._serialized_end=272
   _globals['_EVALUATE']._serialized_start=274
   _globals['_EVALUATE']._serialized_end=320
-  _globals['_CLIENTMESSAGE']._serialized_start=323
-  _globals['_CLIENTMESSAGE']._serialized_end=506
-  _globals['_WELCOME']._serialized_start=509
-  _globals['_WELCOME']._serialized_end=683
-  _globals['_SERVERMESSAGE']._serialized_start=686
-  _globals['_SERVERMESSAGE']._serialized_end=844
-  _globals['_BODYSERVICE']._serialized_start=846
-  _globals['_BODYSERVICE']._serialized_end=928
+  _globals['_DONE']._serialized_start=322
+  _globals['_DONE']._serialized_end=328
+  _globals['_CLIENTMESSAGE']._serialized_start=331
+  _globals['_CLIENTMESSAGE']._serialized_end=548
+  _globals['_WELCOME']._serialized_start=551
+  _globals['_WELCOME']._serialized_end=725
+  _globals['_SERVERMESSAGE']._serialized_start=728
+  _globals['_SERVERMESSAGE']._serialized_end=886
+  _globals['_BODYSERVICE']._serialized_start=888
+  _globals['_BODYSERVICE']._serialized_end=970
 # @@protoc_insertion_point(module_scope)

@@ -46,17 +46,23 @@ class Evaluate(_message.Message):
     tokens: Tensor
     def __init__(self, tokens: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
+class Done(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class ClientMessage(_message.Message):
-    __slots__ = ("hello", "forward", "backward", "evaluate")
+    __slots__ = ("hello", "forward", "backward", "evaluate", "done")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     FORWARD_FIELD_NUMBER: _ClassVar[int]
     BACKWARD_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     forward: Forward
     backward: Backward
     evaluate: Evaluate
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., forward: _Optional[_Union[Forward, _Mapping]] = ..., backward: _Optional[_Union[Backward, _Mapping]] = ..., evaluate: _Optional[_Union[Evaluate, _Mapping]] = ...) -> None: ...
+    done: Done
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., forward: _Optional[_Union[Forward, _Mapping]] = ..., backward: _Optional[_Union[Backward, _Mapping]] = ..., evaluate: _Optional[_Union[Evaluate, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("round", "node_id", "task", "mode", "train_body", "embed_dim", "max_tokens", "max_batch", "max_message_bytes")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from shared.config import ModelConfig
 from shared.model.body import Body
 from shared.model.head import Head
 
+REPO_ROOT_FOR_SUBPROCESS = str(Path(__file__).resolve().parents[3])
 SECRET = b"test-secret-for-the-body-service"
 RUN_ID = "run-test"
 
@@ -80,3 +83,25 @@ def start_service(
 
 def token(round_id: int, node_id: str, task: str = "cls", ttl_s: float = 60.0, **kw: Any) -> str:
     return issue_token(SECRET, RUN_ID, round_id, node_id, task, ttl_s, **kw)
+
+
+def run_concurrently(*fns: Callable[[], Any], timeout_s: float = 60.0) -> list[Any]:
+    """Run each function in its own thread; return their results or raise the first error."""
+    results: list[Any] = [None] * len(fns)
+    errors: list[BaseException] = []
+
+    def runner(i: int, fn: Callable[[], Any]) -> None:
+        try:
+            results[i] = fn()
+        except BaseException as exc:  # re-raised in the test thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=runner, args=(i, fn)) for i, fn in enumerate(fns)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout_s)
+        assert not thread.is_alive(), "a client thread hung"
+    if errors:
+        raise errors[0]
+    return results
