@@ -599,6 +599,8 @@ class _SyncCoordinator:
                     self._forward(batch)
                 else:
                     self._backward(batch)
+            except RoundClosedError:  # close_round() won the race; it drops everyone
+                return
             except Exception as exc:
                 log.exception("sync step failed")
                 with rnd.cond:
