@@ -326,14 +326,15 @@ class BodyService:
         rnd: _Round | None = None
         client: _Client | None = None
         try:
-            first = self._next_event(events, started + self._auth_timeout_s, "authentication")
+            auth_deadline = (started + self._auth_timeout_s, "no Hello within the time limit")
+            first = self._next_event(events, auth_deadline, "authentication")
             rnd, client = self._admit(first, events)
             client.bytes_in += first[1].ByteSize()
             welcome = self._welcome(rnd, client)
             client.bytes_out += welcome.ByteSize()
             yield welcome
             while True:
-                kind, item = self._next_event(events, self._deadline(rnd, client, started), "")
+                kind, item = self._next_event(events, self._deadline(rnd, client, started))
                 if kind == "msg":
                     client.bytes_in += item.ByteSize()
                     reply = self._handle(rnd, client, item)
@@ -367,24 +368,32 @@ class BodyService:
                 self._release(rnd, client)
 
     def _next_event(
-        self, events: queue.Queue[tuple[str, Any]], deadline: float, what: str
+        self, events: queue.Queue[tuple[str, Any]], deadline: tuple[float, str], what: str = ""
     ) -> tuple[str, Any]:
-        timeout = deadline - time.monotonic()
+        """The stream's next event, or DEADLINE_EXCEEDED with the deadline's reason."""
+        when, reason = deadline
         try:
+            timeout = when - time.monotonic()
             if timeout <= 0:
                 raise queue.Empty
             event = events.get(timeout=timeout)
         except queue.Empty:
-            reason = f"no {what} within the time limit" if what else "time limit reached"
             raise _Refusal(Code.DEADLINE_EXCEEDED, reason) from None
         if what and event[0] != "msg":
             raise _Refusal(Code.UNAUTHENTICATED, f"stream ended before {what}")
         return event
 
-    def _deadline(self, rnd: _Round, client: _Client, started: float) -> float:
-        deadline = started + self._max_stream_s
+    def _deadline(self, rnd: _Round, client: _Client, started: float) -> tuple[float, str]:
+        deadline = (started + self._max_stream_s, f"stream exceeded {self._max_stream_s:g} s")
         if rnd.mode == "async" and client.forward_state is not None:
-            deadline = min(deadline, client.forward_deadline)  # type: ignore[attr-defined]
+            deadline = min(
+                deadline,
+                (
+                    client.forward_deadline,
+                    f"no backward within {rnd.step_deadline_s:g} s of the forward of step "
+                    f"{client.next_step} (async mode holds the body for it)",
+                ),
+            )
         return deadline
 
     def _admit(

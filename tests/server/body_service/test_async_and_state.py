@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import datetime
 import ipaddress
+import time
 
 import grpc
 import pytest
@@ -16,6 +17,7 @@ from cryptography.x509.oid import NameOID
 
 from client.body_client import BodyServiceError, RemoteBodyLink
 from server.body_service import TlsFiles
+from server.body_service.proto import body_pb2_grpc
 from shared.model.split import LocalBodyLink
 
 from .conftest import run_concurrently, token
@@ -167,3 +169,66 @@ def test_tls_serves_a_client_that_trusts_the_certificate_only(body, config, tmp_
         with pytest.raises(BodyServiceError) as caught:  # plaintext client: no handshake
             RemoteBodyLink(f"127.0.0.1:{port}", token(0, "b"), timeout_s=5).open()
         assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_async_client_that_stalls_after_forward_releases_the_body(start_service):
+    service, target = start_service(lr=LR)
+    service.open_round(
+        0, {"stalled": "cls", "b": "cls"}, train_body=True, mode="async", step_deadline_s=0.5
+    )
+    gen = torch.Generator().manual_seed(0)
+    with RemoteBodyLink(target, token(0, "stalled")) as stalled:
+        stalled.forward(torch.randn(2, 16, 32, generator=gen))  # holds the body ...
+        with RemoteBodyLink(target, token(0, "b")) as b:
+            _step(b, gen)  # ... until its backward deadline passes, then b is served
+        with pytest.raises(BodyServiceError) as caught:
+            stalled.backward(torch.randn(2, 16, 32, generator=gen))
+    assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "no backward within 0.5 s" in caught.value.reason
+    report = service.close_round()
+    assert set(report.dropped) == {"stalled"} and report.steps == 1
+
+
+def test_a_stream_that_never_says_hello_times_out(start_service):
+    _, target = start_service(auth_timeout_s=0.3)
+    service_channel = grpc.insecure_channel(target)
+
+    def silent():
+        time.sleep(2.0)
+        yield from ()
+
+    call = body_pb2_grpc.BodyServiceStub(service_channel).Session(silent(), timeout=10)
+    with pytest.raises(grpc.RpcError) as caught:
+        list(call)
+    service_channel.close()
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "Hello" in caught.value.details()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_body_with_bf16_autocast_matches_the_cpu_body(body, config):
+    from server.body_service import BodyService
+
+    from .conftest import RUN_ID, SECRET
+
+    tokens = torch.randn(4, 16, 32, generator=torch.Generator().manual_seed(0))
+    want = LocalBodyLink(body).evaluate(tokens)
+    with BodyService(
+        copy.deepcopy(body),
+        config,
+        secret=SECRET,
+        lr=LR,
+        run_id=RUN_ID,
+        device="cuda",
+        autocast_bf16=True,
+    ) as service:
+        port = service.start("127.0.0.1", 0)
+        service.open_round(0, {"a": "cls"}, train_body=True)
+        with RemoteBodyLink(f"127.0.0.1:{port}", token(0, "a")) as link:
+            out = link.forward(tokens)
+            grad = link.backward(torch.ones_like(out))
+            evaluated = link.evaluate(tokens)
+        service.close_round()
+    assert float((out - want).abs().max()) <= 5e-2 * float(want.abs().max())
+    assert float((evaluated - want).abs().max()) <= 5e-2 * float(want.abs().max())
+    assert bool(torch.isfinite(grad).all()) and float(grad.abs().sum()) > 0
