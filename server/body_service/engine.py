@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,18 +65,31 @@ class BodyEngine:
             return ForwardState(inputs, outputs), outputs.detach().float().cpu()
 
     def backward(
-        self, state: ForwardState, grad_output: torch.Tensor, optimizer_step: bool
-    ) -> torch.Tensor:
-        """grad w.r.t. the output `[B, N, D]` -> grad w.r.t. the tokens; steps AdamW if asked."""
+        self,
+        states: Sequence[ForwardState],
+        grad_outputs: Sequence[torch.Tensor],
+        optimizer_step: bool,
+    ) -> list[torch.Tensor]:
+        """Backward of one or more forwards together, then (if asked) ONE AdamW step.
+
+        grad_outputs[i] is the grad w.r.t. states[i]'s output `[B, N, D]`; returns the grads
+        w.r.t. each forward's tokens. Several forwards (sync mode, groups of different N) add
+        their parameter gradients before the single optimizer step.
+        """
         with self._guard():
-            grad = grad_output.to(self.device, state.outputs.dtype)
-            state.outputs.backward(grad)
-            grad_tokens = state.inputs.grad
-            assert grad_tokens is not None
+            outputs = [state.outputs for state in states]
+            grads = [
+                g.to(self.device, out.dtype) for g, out in zip(grad_outputs, outputs, strict=True)
+            ]
+            torch.autograd.backward(outputs, grads)
+            grad_tokens = []
+            for state in states:
+                assert state.inputs.grad is not None
+                grad_tokens.append(state.inputs.grad.detach().float().cpu())
             if optimizer_step:
                 self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            return grad_tokens.detach().float().cpu()
+            return grad_tokens
 
     def evaluate(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens `[B, N, D]` -> body output, without autograd state."""

@@ -104,12 +104,23 @@ class _Client:
 
 
 @dataclass
-class _StepContext:
-    """Sync mode: the concatenated forward of one step, waiting for its gradients."""
+class _Group:
+    """Sync mode: one concatenated forward (clients with the same token count N)."""
 
     nodes: list[str]
     sizes: list[int]
     state: ForwardState
+
+
+@dataclass
+class _StepContext:
+    """Sync mode: the forwards of one step, waiting for their gradients."""
+
+    groups: list[_Group]
+
+    @property
+    def nodes(self) -> list[str]:
+        return [n for group in self.groups for n in group.nodes]
 
 
 @dataclass
@@ -530,7 +541,7 @@ class BodyService:
         state, client.forward_state = client.forward_state, None
         assert state is not None
         try:
-            grad_tokens = self._compute(self.engine.backward, state, tensor, rnd.train_body)
+            (grad_tokens,) = self._compute(self.engine.backward, [state], [tensor], rnd.train_body)
         finally:
             rnd.train_lock.release()
         with rnd.cond:
@@ -654,34 +665,50 @@ class _SyncCoordinator:
         return None
 
     def _forward(self, batch: dict[str, tuple[torch.Tensor, str]]) -> None:
+        """One forward on the concatenation of the step's tokens (one per distinct N)."""
         rnd = self.rnd
-        nodes = sorted(batch)
-        sizes = [batch[n][0].shape[0] for n in nodes]
-        tokens = torch.cat([batch[n][0] for n in nodes])
-        state, output = self.engine.forward(tokens)
-        parts = dict(zip(nodes, output.split(sizes), strict=True))
+        by_count: dict[int, list[str]] = {}
+        for node in sorted(batch):
+            by_count.setdefault(batch[node][0].shape[1], []).append(node)
+        groups, parts = [], {}
+        for count in sorted(by_count):
+            nodes = by_count[count]
+            sizes = [batch[n][0].shape[0] for n in nodes]
+            state, output = self.engine.forward(torch.cat([batch[n][0] for n in nodes]))
+            groups.append(_Group(nodes, sizes, state))
+            parts.update(zip(nodes, output.split(sizes), strict=True))
         replies = self._encode_replies("output", parts, batch)
         with rnd.cond:
-            rnd.tokens_processed += tokens.shape[0] * tokens.shape[1]
-            rnd.context = _StepContext(nodes, sizes, state)
+            rnd.tokens_processed += sum(t.shape[0] * t.shape[1] for t, _ in batch.values())
+            rnd.context = _StepContext(groups)
             rnd.phase = "backward"
             self._publish(replies)
 
     def _backward(self, batch: dict[str, tuple[torch.Tensor, str]]) -> None:
+        """One backward over the step's forwards and one optimizer step; dropped clients' slices
+        get zero gradient."""
         rnd = self.rnd
         context = rnd.context
         assert context is not None
+        replies = {}
         if batch:
-            template = context.state.outputs
-            grads = [
-                batch[n][0] if n in batch else torch.zeros(size, *template.shape[1:])
-                for n, size in zip(context.nodes, context.sizes, strict=True)
-            ]
-            grad_tokens = self.engine.backward(context.state, torch.cat(grads), rnd.train_body)
-            parts = dict(zip(context.nodes, grad_tokens.split(context.sizes), strict=True))
+            grads = []
+            for group in context.groups:
+                shape = group.state.outputs.shape[1:]
+                grads.append(
+                    torch.cat(
+                        [
+                            batch[n][0] if n in batch else torch.zeros(size, *shape)
+                            for n, size in zip(group.nodes, group.sizes, strict=True)
+                        ]
+                    )
+                )
+            states = [group.state for group in context.groups]
+            grad_tokens = self.engine.backward(states, grads, rnd.train_body)
+            parts = {}
+            for group, grad in zip(context.groups, grad_tokens, strict=True):
+                parts.update(zip(group.nodes, grad.split(group.sizes), strict=True))
             replies = self._encode_replies("grad_tokens", parts, batch)
-        else:
-            replies = {}
         with rnd.cond:
             if batch:
                 rnd.steps += 1

@@ -74,3 +74,37 @@ def test_three_concurrent_clients_equal_one_local_step_on_the_concatenated_batch
     assert report.steps == STEPS and report.dropped == {}
     assert report.tokens_processed == STEPS * sum(BATCH_SIZES) * config.num_tokens
     assert all(report.bytes_in[n] > 0 and report.bytes_out[n] > 0 for n in NODES)
+
+
+def test_clients_with_different_token_counts_share_one_body_step(start_service, body):
+    """N differs (e.g. a task with a smaller input): one forward per N, one optimizer step."""
+    service, target = start_service(lr=LR)
+    service.open_round(6, {"a": "cls", "b": "seg"}, train_body=True, step_deadline_s=30)
+    gen = torch.Generator().manual_seed(0)
+    inputs = {
+        "a": (torch.randn(2, 16, 32, generator=gen), torch.randn(2, 16, 32, generator=gen)),
+        "b": (torch.randn(3, 9, 32, generator=gen), torch.randn(3, 9, 32, generator=gen)),
+    }
+
+    def client(node: str, task: str):
+        tokens, grad_output = inputs[node]
+        with RemoteBodyLink(target, token(6, node, task)) as link:
+            return link.forward(tokens), link.backward(grad_output)
+
+    (out_a, grad_a), (out_b, grad_b) = run_concurrently(
+        lambda: client("a", "cls"), lambda: client("b", "seg")
+    )
+    assert service.close_round().steps == 1
+
+    local_body = copy.deepcopy(body)
+    optimizer = torch.optim.AdamW(local_body.parameters(), lr=LR, weight_decay=0.01)
+    leaves = {n: t.clone().requires_grad_(True) for n, (t, _) in inputs.items()}
+    outputs = {n: local_body(leaf) for n, leaf in leaves.items()}
+    torch.autograd.backward([outputs["a"], outputs["b"]], [inputs["a"][1], inputs["b"][1]])
+    optimizer.step()
+    for got, want in [(out_a, outputs["a"]), (out_b, outputs["b"])]:
+        assert torch.allclose(got, want.detach(), rtol=1e-5, atol=1e-6)
+    for got, want in [(grad_a, leaves["a"].grad), (grad_b, leaves["b"].grad)]:
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-7)
+    for got, want in zip(service.engine.body.parameters(), local_body.parameters(), strict=True):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-7)
