@@ -100,7 +100,7 @@ def encode(tensor: torch.Tensor, dtype: str = "fp32") -> WireTensor:
         raise NonFiniteTensor("tensor holds NaN or infinite values; refusing to send it")
     shape = tuple(int(s) for s in values.shape)
     if dtype == "fp32":
-        return WireTensor(dtype, shape, values.numpy().astype("<f4").tobytes())
+        return WireTensor(dtype, shape, np.asarray(values.numpy(), dtype="<f4").tobytes())
     if dtype == "fp16":
         with np.errstate(over="ignore"):  # overflow becomes inf, refused just below
             half = values.numpy().astype("<f2")
@@ -120,8 +120,8 @@ def encode(tensor: torch.Tensor, dtype: str = "fp32") -> WireTensor:
     return WireTensor(
         dtype,
         shape,
-        q.numpy().astype("i1").tobytes(),
-        scales.numpy().astype("<f4").tobytes(),
+        q.numpy().tobytes(),
+        np.asarray(scales.numpy(), dtype="<f4").tobytes(),
     )
 
 
@@ -202,5 +202,6 @@ def _decode_int8(wire: WireTensor, count: int) -> np.ndarray:
     scales = np.frombuffer(wire.scales, dtype="<f4").astype(np.float32)
     if not np.isfinite(scales).all() or (scales < 0).any():
         raise NonFiniteTensor("int8 scales must be finite and non-negative")
-    q = np.frombuffer(wire.data, dtype="i1").astype(np.float32).reshape(rows, -1)
-    return (q * scales[:, None]).reshape(-1)
+    values = np.frombuffer(wire.data, dtype="i1").astype(np.float32).reshape(rows, -1)
+    values *= scales[:, None]
+    return values.reshape(-1)
