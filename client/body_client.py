@@ -41,6 +41,9 @@ class RemoteBodyLink:
 
     tokens and gradients are `[B, N, D]`; replies come back as float32 on the device of the
     tensor that was sent. `bytes_sent` / `bytes_received` count protobuf message sizes.
+    `wire_dtype` is used both ways (the service replies in the request's dtype); `timeout_s`
+    bounds the whole stream (gRPC deadline); the server's step deadline bounds each reply.
+    `tls_root_cert` (PEM) switches to TLS and pins the CA that signed the service certificate.
     """
 
     def __init__(

@@ -8,6 +8,7 @@ local body that saw only the good client's steps.
 from __future__ import annotations
 
 import copy
+import time
 
 import grpc
 import numpy as np
@@ -59,6 +60,7 @@ def _attacks() -> list[tuple[str, list[body_pb2.ClientMessage], grpc.StatusCode,
     nan = good.copy()
     nan[1, 3, 7] = np.nan
     big = np.ones((9, 16, 32))  # 18 KiB > 16 KiB limit, inside gRPC's envelope headroom
+    wide = np.ones((5, 16, 32))  # 10 KiB, but 5 > max_batch 4
     huge = np.ones((64, 16, 32))  # 128 KiB: gRPC itself refuses it
     unauth = grpc.StatusCode.UNAUTHENTICATED
     invalid = grpc.StatusCode.INVALID_ARGUMENT
@@ -74,6 +76,18 @@ def _attacks() -> list[tuple[str, list[body_pb2.ClientMessage], grpc.StatusCode,
         ("expired", [_hello(token(0, "bad-nan", ttl_s=1, now=0.0))], unauth, "expired"),
         ("other round", [_hello(token(7, "bad-nan"))], unauth, "round 7"),
         ("not a participant", [_hello(token(0, "mallory"))], unauth, "not in round"),
+        (
+            "other run",
+            [_hello(issue_token(SECRET, "another-run", 0, "good", "cls", 60))],
+            unauth,
+            "another-run",
+        ),
+        (
+            "batch over the limit",
+            [_hello(token(0, "bad-batch")), _forward(wide.shape, _fp32(wide))],
+            invalid,
+            "B=5",
+        ),
         (
             "wrong shape",
             [_hello(token(0, "bad-shape")), _forward((2, 16, 32), _fp32(good)[:-8])],
@@ -109,9 +123,9 @@ def _attacks() -> list[tuple[str, list[body_pb2.ClientMessage], grpc.StatusCode,
 
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_refusals_leave_the_body_and_a_good_client_unharmed(start_service, body, mode):
-    service, target = start_service(lr=LR, max_message_bytes=MAX_BYTES)
+    service, target = start_service(lr=LR, max_message_bytes=MAX_BYTES, max_batch=4)
     attacks = _attacks()
-    hostile = ["bad-shape", "bad-nan", "bad-size", "bad-huge", "bad-dtype"]
+    hostile = ["bad-shape", "bad-nan", "bad-size", "bad-huge", "bad-dtype", "bad-batch"]
     service.open_round(
         0, {"good": "cls", **{n: "cls" for n in hostile}}, train_body=True, mode=mode
     )
@@ -180,3 +194,16 @@ def test_no_stream_is_accepted_between_rounds(start_service):
     error = _raw_session(target, [_hello(token(0, "a"))])
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert SECRET  # the token itself is genuine: refusal is about the round
+
+
+def test_a_stream_longer_than_its_limit_is_ended(start_service):
+    service, target = start_service(max_stream_s=0.5)
+    service.open_round(0, {"a": "cls"}, train_body=False, mode="async")
+    with RemoteBodyLink(target, token(0, "a")) as link:
+        link.evaluate(torch.zeros(1, 16, 32))
+        time.sleep(1.0)
+        with pytest.raises(BodyServiceError) as caught:
+            link.evaluate(torch.zeros(1, 16, 32))
+    assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "stream exceeded 0.5 s" in caught.value.reason
+    assert "a" in service.close_round().dropped
