@@ -1,0 +1,101 @@
+"""`festa console` terminal views: --json is exactly what the store holds; tables name the
+sites and rounds; exports are self-contained; bad stores and hosts get clear refusals."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from server.console.cli import app
+from server.store import RunStore
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def finished_store(demo_store, store_path):
+    """The demo run, finished (so no field depends on the reading clock)."""
+    store, run_id = demo_store
+    store.finish_run(run_id, "finished")
+    return store, run_id
+
+
+def _cli(*args):
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.mark.parametrize(
+    "command, reader",
+    [
+        ("status", lambda st, rid: st.run(rid)),
+        ("rounds", lambda st, rid: st.rounds(rid)),
+        ("clients", lambda st, rid: st.clients(rid)),
+        ("events", lambda st, rid: st.events(rid, limit=50)),
+    ],
+)
+def test_json_output_matches_the_store(finished_store, store_path, command, reader):
+    store, run_id = finished_store
+    other = store.create_run("later", {})  # --run picks the older run, default the latest
+    store.finish_run(other, "failed")
+    picked = json.loads(
+        _cli(command, "--run", str(run_id), "--json", "--store", str(store_path)).stdout
+    )
+    assert picked == json.loads(json.dumps(reader(store, run_id)))
+    latest = json.loads(_cli(command, "--json", "--store", str(store_path)).stdout)
+    assert latest == json.loads(json.dumps(reader(store, other)))
+
+
+def test_tables_show_the_run(finished_store, store_path):
+    _, run_id = finished_store
+    status = _cli("status", "--store", str(store_path)).stdout
+    assert "finished" in status and "classification" in status
+    clients = runner.invoke(app, ["clients", "--store", str(store_path)])
+    for site in ("site-a", "site-b", "site-c", "site-d"):
+        assert site in clients.stdout
+    rounds = runner.invoke(app, ["rounds", "--store", str(store_path)])
+    assert re.search(r"^\s+2\s+task-agnostic\s", rounds.stdout, re.M)
+    runs = json.loads(_cli("runs", "--json", "--store", str(store_path)).stdout)
+    assert [r["id"] for r in runs] == [run_id]
+
+
+def test_export_writes_a_self_contained_report(finished_store, store_path, tmp_path):
+    store, run_id = finished_store
+    out = tmp_path / "reports" / "run.html"
+    _cli("export", "--run", str(run_id), "--out", str(out), "--store", str(store_path))
+    html = out.read_text()
+    assert html.count("<svg") >= 2  # metric curves and traffic
+    assert not re.search(r"""(src|href)\s*=\s*["'](https?:)?//""", html)
+    for task in ("classification", "segmentation"):
+        assert task in html
+    rounds_table = html[
+        html.index('id="rounds"') : html.index("</table>", html.index('id="rounds"'))
+    ]
+    assert rounds_table.count("<tr>") == 1 + len(store.rounds(run_id))
+    assert html.count("runs/ckpt/round-") >= len(store.checkpoints(run_id))
+
+
+def test_missing_store_and_run_are_clear_errors(tmp_path, store_path):
+    missing = runner.invoke(app, ["status", "--store", str(tmp_path / "nope.db")])
+    assert missing.exit_code == 2 and "no run store" in missing.stderr
+    assert not (tmp_path / "nope.db").exists()
+    RunStore(store_path).close()
+    empty = runner.invoke(app, ["rounds", "--store", str(store_path)])
+    assert empty.exit_code == 1 and "no runs yet" in empty.stderr
+    store = RunStore(store_path)
+    store.create_run("r", {})
+    unknown = runner.invoke(app, ["clients", "--run", "42", "--store", str(store_path)])
+    assert unknown.exit_code == 1 and "no run 42" in unknown.stderr
+
+
+def test_serve_refuses_a_public_host_without_token(store_path):
+    result = runner.invoke(
+        app,
+        ["serve", "--store", str(store_path), "--host", "0.0.0.0"],
+        env={"FESTA_CONSOLE_ADMIN_TOKEN": None},
+    )
+    assert result.exit_code == 2 and "admin token" in result.stderr
