@@ -26,6 +26,8 @@ END_STATES = ("finished", "failed", "stopped")
 PHASES = ("warmup", "task-agnostic", "task-specific", "finetune", "evaluate")
 ACTION_KINDS = ("stop", "exclude_site")
 DEFAULT_STORE_PATH = Path("runs/festa.db")
+_LOCKS: dict[object, threading.RLock] = {}
+_LOCKS_GUARD = threading.Lock()
 
 
 class StoreError(Exception):
@@ -57,7 +59,7 @@ def _engine_for(url_or_path: str | Path) -> sa.Engine:
     elif text == ":memory:":
         url = sa.make_url("sqlite://")
     else:
-        path = Path(text).expanduser()
+        path = Path(text).expanduser().resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         url = sa.make_url(f"sqlite:///{path}")
     if url.get_backend_name() != "sqlite":
@@ -130,8 +132,16 @@ class RunStore:
     ) -> None:
         self.location = str(url_or_path)
         self._clock = clock
-        self._lock = threading.RLock()
         self._engine = _engine_for(url_or_path)
+        # Stores opened on the same database in one process (ServerApp, body service,
+        # console) share one lock, so their writes queue instead of racing for SQLite's.
+        key = (
+            str(self._engine.url)
+            if self._engine.url.database not in (None, "", ":memory:")
+            else id(self)
+        )
+        with _LOCKS_GUARD:
+            self._lock = _LOCKS.setdefault(key, threading.RLock())
         with self._tx() as conn:
             self.schema_version = s.migrate(conn)
 

@@ -4,8 +4,15 @@ sites and rounds; exports are self-contained; bad stores and hosts get clear ref
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -13,6 +20,7 @@ from server.console.cli import app
 from server.store import RunStore
 
 runner = CliRunner()
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
@@ -99,3 +107,42 @@ def test_serve_refuses_a_public_host_without_token(store_path):
         env={"FESTA_CONSOLE_ADMIN_TOKEN": None},
     )
     assert result.exit_code == 2 and "admin token" in result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_serve_in_its_own_process_follows_a_writing_process(store_path, demo_writers):
+    fill, write_round = demo_writers
+    store = RunStore(store_path)
+    run_id = fill(store, rounds=1)
+    port = _free_port()
+    env = os.environ | {"PYTHONPATH": str(REPO_ROOT)}
+    env.pop("FESTA_CONSOLE_ADMIN_TOKEN", None)
+    cmd = [sys.executable, "-m", "server.console.cli", "serve", "--store", str(store_path)]
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port)], cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if httpx.get(f"{base}/api/meta", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "console did not start within 60 s"
+                time.sleep(0.2)
+        assert [r["round"] for r in httpx.get(f"{base}/api/runs/{run_id}/rounds").json()] == [1]
+        write_round(store, run_id, 2)  # this process writes, the console process reads
+        rounds = httpx.get(f"{base}/api/runs/{run_id}/rounds").json()
+        assert rounds == json.loads(json.dumps(store.rounds(run_id)))
+        assert httpx.post(f"{base}/api/runs/{run_id}/stop").status_code == 403
+        assert "<title>festa console</title>" in httpx.get(base).text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -258,6 +258,7 @@ def test_refuses_a_store_from_a_newer_schema(store_path):
 
 def test_concurrent_writes_from_threads_are_all_kept(store_path):
     store = RunStore(store_path)
+    body_store = RunStore(store_path)  # the body service may open its own store on the file
     run_id = store.create_run("threads", {})
     store.start_round(run_id, 1, "warmup")
     errors: list[BaseException] = []
@@ -274,7 +275,7 @@ def test_concurrent_writes_from_threads_are_all_kept(store_path):
     def body_writer() -> None:
         try:
             for rnd in range(1, per_thread + 1):
-                store.record_body_throughput(run_id, rnd, 100.0, 1)
+                body_store.record_body_throughput(run_id, rnd, 100.0, 1)
         except BaseException as exc:
             errors.append(exc)
 
