@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +18,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
+from server.console.formatting import duration, human_bytes, utc
 from server.store import DEFAULT_STORE_PATH, RunStore, StoreError
 
 app = typer.Typer(help="Watch and steer federated runs: web console, terminal views, reports.")
@@ -71,31 +71,6 @@ def _view(store: str, run: int | None, read: Callable[[RunStore, int], Any]) -> 
 
 def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=True))
-
-
-def _when(t: float | None) -> str:
-    return "–" if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _clock(t: float | None) -> str:
-    return "–" if t is None else datetime.fromtimestamp(t, UTC).strftime("%H:%M:%S")
-
-
-def _bytes(n: float | None) -> str:
-    if n is None:
-        return "–"
-    for unit in ("B", "K", "M", "G"):
-        if abs(n) < 1024 or unit == "G":
-            return f"{n:.0f}{unit}" if unit == "B" or n >= 100 else f"{n:.1f}{unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def _secs(s: float | None) -> str:
-    if s is None:
-        return "–"
-    s = int(round(s))
-    return f"{s // 3600}h {s % 3600 // 60}m" if s >= 3600 else f"{s // 60}m {s % 60}s"
 
 
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
@@ -168,8 +143,8 @@ def runs(store: StoreOpt = str(DEFAULT_STORE_PATH), as_json: JsonOpt = False) ->
                 r["state"],
                 r["current_round"],
                 r["current_phase"],
-                _when(r["started_at"]),
-                _secs(r["elapsed_seconds"]),
+                utc(r["started_at"]),
+                duration(r["elapsed_seconds"]),
             ]
             for r in data
         ],
@@ -204,10 +179,10 @@ def _status_table(_run_id: int, data: dict[str, Any]) -> None:
             ["round", rounds],
             ["phase", data["current_phase"]],
             ["rounds finished", data["rounds_finished"]],
-            ["ETA", _secs(data["eta_seconds"])],
-            ["elapsed", _secs(data["elapsed_seconds"])],
-            ["started (UTC)", _when(data["started_at"])],
-            ["ended (UTC)", _when(data["ended_at"])],
+            ["ETA", duration(data["eta_seconds"])],
+            ["elapsed", duration(data["elapsed_seconds"])],
+            ["started (UTC)", utc(data["started_at"])],
+            ["ended (UTC)", utc(data["ended_at"])],
             ["tasks", ", ".join(data["tasks"]) or "–"],
             ["clients online", f"{data['clients_online']} / {data['clients_total']}"],
             ["body tokens/s", "–" if tps is None else f"{tps:,.0f}"],
@@ -227,8 +202,8 @@ def _rounds_table(run_id: int, data: list[dict[str, Any]]) -> None:
             r["dropped"],
             r["failed"],
             r["num_examples"],
-            _bytes(r["bytes_in"]),
-            _bytes(r["bytes_out"]),
+            human_bytes(r["bytes_in"], compact=True),
+            human_bytes(r["bytes_out"], compact=True),
             None if r["tokens_per_s"] is None else f"{r['tokens_per_s']:,.0f}",
         ]
         for r in data
@@ -244,12 +219,12 @@ def _clients_table(run_id: int, data: list[dict[str, Any]]) -> None:
             c["site_id"],
             c["task"],
             "online" if c["online"] else "offline",
-            _clock(c["last_seen"]),
+            utc(c["last_seen"], "%H:%M:%S"),
             c["rounds"],
             f"{100 * c['contribution']:.1f}%",
             c["examples"],
-            _bytes(c["bytes_in"]),
-            _bytes(c["bytes_out"]),
+            human_bytes(c["bytes_in"], compact=True),
+            human_bytes(c["bytes_out"], compact=True),
             c["dropped_rounds"],
             c["failed_rounds"],
         ]
@@ -259,7 +234,7 @@ def _clients_table(run_id: int, data: list[dict[str, Any]]) -> None:
 
 
 def _events_table(run_id: int, data: list[dict[str, Any]]) -> None:
-    rows = [[e["id"], _when(e["at"]), e["kind"], e["site_id"], e["message"]] for e in data]
+    rows = [[e["id"], utc(e["at"]), e["kind"], e["site_id"], e["message"]] for e in data]
     _table(f"events of run #{run_id}", ["id", "time (UTC)", "kind", "site", "message"], rows)
 
 

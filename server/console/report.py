@@ -12,7 +12,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend chosen first)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from server.console.formatting import duration, human_bytes, utc  # noqa: E402
 from server.store import RunStore  # noqa: E402
 
 _CSS = """
@@ -25,16 +27,18 @@ figure{margin:8px 0} svg{max-width:100%;height:auto}
 """
 
 
-def _when(t: float | None) -> str:
-    return "–" if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 def _cell(v: Any) -> str:
     if v is None:
         return "–"
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
     return escape(str(v))
+
+
+def _human_bytes(row: dict[str, Any]) -> dict[str, str]:
+    return {k: human_bytes(row[k]) for k in ("bytes_in", "bytes_out")}
 
 
 def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], test_id: str) -> str:
@@ -66,6 +70,7 @@ def _metric_plots(task_metrics: list[dict[str, Any]], tasks: list[str]) -> str:
             points = [(r["round"], r["metrics"].get(name)) for r in rows]
             points = [(x, y) for x, y in points if y is not None]
             ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(task)
         ax.set_xlabel("round")
         ax.grid(alpha=0.3)
@@ -98,21 +103,24 @@ def render_report(store: RunStore, run_id: int) -> str:
     overview = [
         ("State", f"{run['state']}{note}"),
         ("Rounds finished", f"{run['rounds_finished']} of {run['num_rounds'] or '?'}"),
-        ("Started", _when(run["started_at"])),
-        ("Ended", _when(run["ended_at"])),
-        ("Duration", f"{run['elapsed_seconds']:.0f} s"),
+        ("Started", utc(run["started_at"])),
+        ("Ended", utc(run["ended_at"])),
+        ("Duration", duration(run["elapsed_seconds"])),
         ("Tasks", ", ".join(tasks) or "–"),
         ("Clients", str(run["clients_total"])),
     ]
     clients = [
-        c | {"contribution": f"{100 * c['contribution']:.1f}%", "last_seen": _when(c["last_seen"])}
+        c
+        | _human_bytes(c)
+        | {"contribution": f"{100 * c['contribution']:.1f}%", "last_seen": utc(c["last_seen"])}
         for c in snap["clients"]
     ]
-    events = [e | {"at": _when(e["at"])} for e in store.events(run_id, limit=100_000)]
-    checkpoints = [c | {"at": _when(c["at"])} for c in snap["checkpoints"]]
+    rounds = [r | _human_bytes(r) for r in snap["rounds"]]
+    events = [e | {"at": utc(e["at"])} for e in store.events(run_id, limit=100_000)]
+    checkpoints = [c | {"at": utc(c["at"])} for c in snap["checkpoints"]]
     parts = [
         f"<h1>festa run #{run['id']}: {escape(run['name'])}</h1>",
-        f'<p class="muted">exported {_when(datetime.now(UTC).timestamp())}</p>',
+        f'<p class="muted">exported {utc(datetime.now(UTC).timestamp())}</p>',
         "<h2>Overview</h2><table id='overview'>"
         + "".join(f"<tr><th>{k}</th><td>{escape(v)}</td></tr>" for k, v in overview)
         + "</table>",
@@ -127,7 +135,7 @@ def render_report(store: RunStore, run_id: int) -> str:
         ),
         "<h2>Rounds</h2>",
         _table(
-            snap["rounds"],
+            rounds,
             [
                 ("round", "round"),
                 ("phase", "phase"),
