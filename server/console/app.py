@@ -18,6 +18,7 @@ import uvicorn
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from server.store import SCHEMA_VERSION, InvalidValueError, RunStore, StoreError, UnknownRunError
 
@@ -39,13 +40,23 @@ def page_html() -> str:
     return resources.files("server.console").joinpath("page.html").read_text(encoding="utf-8")
 
 
-def create_app(store: RunStore, admin_token: str | None = None) -> FastAPI:
-    """FastAPI app serving the console page at / and the JSON API under /api (docs at /docs)."""
+LOOPBACK_HOSTS = ["localhost", "127.0.0.1", "[::1]", "::1"]
+
+
+def create_app(
+    store: RunStore, admin_token: str | None = None, allowed_hosts: list[str] | None = None
+) -> FastAPI:
+    """FastAPI app serving the console page at / and the JSON API under /api (docs at /docs).
+
+    `allowed_hosts` limits the Host header (e.g. LOOPBACK_HOSTS, so a web page elsewhere
+    cannot read the console through DNS rebinding); None accepts any host."""
     app = FastAPI(
         title="festa console",
         description="Run store of federated festa runs: runs, rounds, clients, metrics, events.",
         version=str(SCHEMA_VERSION),
     )
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     page = page_html()
 
     @app.exception_handler(UnknownRunError)
@@ -195,6 +206,12 @@ def check_bind(host: str, admin_token: str | None) -> str | None:
     )
 
 
+def hosts_for(host: str) -> list[str] | None:
+    """Host headers to accept when listening on `host`: loopback names for a loopback bind,
+    anything otherwise (the public name is not known here)."""
+    return LOOPBACK_HOSTS if is_loopback(host) else None
+
+
 class ConsoleServer:
     """The console served by uvicorn in a background thread (for `festa server start` and
     tests). `url` is valid after start(); port 0 picks a free port."""
@@ -208,7 +225,10 @@ class ConsoleServer:
     ) -> None:
         self.warning = check_bind(host, admin_token)
         config = uvicorn.Config(
-            create_app(store, admin_token), host=host, port=port, log_level="warning"
+            create_app(store, admin_token, hosts_for(host)),
+            host=host,
+            port=port,
+            log_level="warning",
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="festa-console", daemon=True)

@@ -108,7 +108,7 @@ def serve(
     """Serve the web console (page at /, JSON API at /api, OpenAPI docs at /docs)."""
     import uvicorn
 
-    from server.console.app import ConsoleBindError, check_bind, create_app
+    from server.console.app import ConsoleBindError, check_bind, create_app, hosts_for
 
     try:
         warning = check_bind(host, admin_token)
@@ -120,7 +120,8 @@ def serve(
     st = _open(store, must_exist=False)
     mode = "actions enabled (admin token set)" if admin_token else "read-only"
     err.print(f"festa console on http://{host}:{port}  store={store}  {mode}")
-    uvicorn.run(create_app(st, admin_token), host=host, port=port, log_level="warning")
+    app_ = create_app(st, admin_token, hosts_for(host))
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
 @app.command()

@@ -8,7 +8,13 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from server.console.app import ConsoleBindError, check_bind, create_app, is_loopback
+from server.console.app import (
+    LOOPBACK_HOSTS,
+    ConsoleBindError,
+    check_bind,
+    create_app,
+    is_loopback,
+)
 
 
 @pytest.fixture
@@ -110,3 +116,14 @@ def test_binding_beyond_localhost_needs_a_token():
     with pytest.raises(ConsoleBindError, match="admin token"):
         check_bind("0.0.0.0", None)
     assert "WARNING" in check_bind("0.0.0.0", "tok")
+
+
+def test_loopback_console_rejects_foreign_host_headers(demo_store):
+    store, run_id = demo_store
+    client = TestClient(
+        create_app(store, allowed_hosts=LOOPBACK_HOSTS), base_url="http://127.0.0.1"
+    )
+    assert client.get(f"/api/runs/{run_id}").status_code == 200
+    assert client.get("/", headers={"Host": "localhost:8080"}).status_code == 200
+    rebound = client.get(f"/api/runs/{run_id}/clients", headers={"Host": "evil.example"})
+    assert rebound.status_code == 400
