@@ -28,6 +28,7 @@ ACTION_KINDS = ("stop", "exclude_site")
 DEFAULT_STORE_PATH = Path("runs/festa.db")
 _LOCKS: dict[object, threading.RLock] = {}
 _LOCKS_GUARD = threading.Lock()
+_WRITE = "festa_write_tx"
 
 
 class StoreError(Exception):
@@ -73,13 +74,22 @@ def _engine_for(url_or_path: str | Path) -> sa.Engine:
 
     @sa.event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+        # Transactions are begun by us (below), not by the sqlite3 module.
+        dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA busy_timeout=30000")
         if not memory:
             # WAL lets the console process read while the server process writes.
             cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _sqlite_begin(conn: sa.Connection) -> None:
+        # A writer takes SQLite's write lock up front (waiting up to busy_timeout), so two
+        # processes never both read-then-write and fail on the upgrade, and a store opened
+        # by two processes at once is migrated by one of them only.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get(_WRITE, True) else "BEGIN")
 
     return engine
 
@@ -158,9 +168,12 @@ class RunStore:
         self.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sa.Connection]:
-        with self._lock, self._engine.begin() as conn:
-            yield conn
+    def _tx(self, write: bool = True) -> Iterator[sa.Connection]:
+        """One transaction under the process-wide lock of this database."""
+        with self._lock, self._engine.connect() as conn:
+            conn.info[_WRITE] = write
+            with conn.begin():
+                yield conn
 
     def _run_row(self, conn: sa.Connection, run_id: int) -> dict[str, Any]:
         row = conn.execute(sa.select(s.runs).where(s.runs.c.id == run_id)).first()
@@ -473,7 +486,7 @@ class RunStore:
     def pending_actions(self, run_id: int) -> list[dict[str, Any]]:
         """Requested actions the ServerApp has not acknowledged yet, oldest first:
         [{'id', 'kind': 'stop'|'exclude_site', 'site_id', 'requested_at'}]."""
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             self._run_row(conn, run_id)
             rows = conn.execute(
                 sa.select(
@@ -502,13 +515,13 @@ class RunStore:
 
     def latest_run_id(self) -> int | None:
         """Id of the most recently created run, None for an empty store."""
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             value = conn.execute(sa.select(sa.func.max(s.runs.c.id))).scalar()
         return None if value is None else int(value)
 
     def runs(self) -> list[dict[str, Any]]:
         """Every run's summary (as `run`), oldest first."""
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             ids = conn.execute(sa.select(s.runs.c.id).order_by(s.runs.c.id)).scalars().all()
             return [self._summary(conn, run_id) for run_id in ids]
 
@@ -516,7 +529,7 @@ class RunStore:
         """One run: its row (id, name, state, config, num_rounds, started_at, ended_at,
         current_round, current_phase) plus rounds_finished, elapsed_seconds, eta_seconds,
         tasks, clients_total, clients_online, tokens_per_s (latest), pending_actions."""
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             return self._summary(conn, run_id)
 
     def _summary(self, conn: sa.Connection, run_id: int) -> dict[str, Any]:
@@ -624,13 +637,13 @@ class RunStore:
             .where(r.c.run_id == run_id)
             .order_by(r.c.round)
         )
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             self._run_row(conn, run_id)
             return [_row(row) for row in conn.execute(query)]
 
     def tasks(self, run_id: int) -> list[dict[str, Any]]:
         """Tasks of the run: [{'task', 'first_round'}] in order of appearance."""
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             self._run_row(conn, run_id)
             return self._tasks(conn, run_id)
 
@@ -647,7 +660,7 @@ class RunStore:
         """Per site: site_id, node_id, task, first_seen, last_seen, online, rounds (took part),
         dropped_rounds, failed_rounds, examples (latest reported), examples_total, bytes_in,
         bytes_out, contribution (share of all examples trained on in the run), last_dropped."""
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             self._run_row(conn, run_id)
             base = conn.execute(
                 sa.select(s.clients)
@@ -761,7 +774,7 @@ class RunStore:
         }
 
     def _rows(self, run_id: int, query: sa.Select) -> list[dict[str, Any]]:
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             self._run_row(conn, run_id)
             return [_row(r) for r in conn.execute(query)]
 

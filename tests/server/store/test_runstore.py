@@ -3,8 +3,12 @@ migrate, and threads writing at once lose nothing."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -323,3 +327,43 @@ def test_memory_store_and_database_url(tmp_path):
     url_store = RunStore(f"sqlite:///{tmp_path / 'via-url.db'}")
     url_store.create_run("u", {})
     assert (tmp_path / "via-url.db").is_file() and url_store.runs()[0]["name"] == "u"
+
+
+_WRITER = """
+import sys
+from server.store import RunStore
+store = RunStore(sys.argv[1])
+run_id = store.create_run("proc-" + sys.argv[2], {})
+for rnd in range(1, 31):
+    store.start_round(run_id, rnd, "warmup")
+    store.record_client_round(run_id, rnd, 1, "site-" + sys.argv[2], "cls", 1, 10, 20)
+    store.record_event(run_id, "tick", str(rnd))
+    store.finish_round(run_id, rnd)
+store.finish_run(run_id, "finished")
+"""
+
+
+def test_processes_opening_a_fresh_store_at_once_all_write(store_path):
+    """The ServerApp process and a console process may open a new store at the same time
+    and then write side by side; SQLite must serialise them, losing nothing."""
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    root = Path(__file__).resolve().parents[3]
+    env = os.environ | {"PYTHONPATH": str(root)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(store_path), str(i)],
+            cwd=root,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    failures = [p.stderr.read() for p in procs if p.wait(timeout=120) != 0]
+    assert failures == []
+    store = RunStore(store_path)
+    runs = store.runs()
+    assert sorted(r["name"] for r in runs) == ["proc-0", "proc-1", "proc-2"]
+    for run in runs:
+        assert run["state"] == "finished" and run["rounds_finished"] == 30
+        assert len(store.client_rounds(run["id"])) == 30
