@@ -94,10 +94,12 @@ def test_admin_actions_from_the_page_reach_the_store(browser, served):
     page.close()
 
 
-def test_read_only_console_has_no_action_controls(browser, store_path, demo_writers):
+def test_read_only_console_follows_the_latest_run_or_the_chosen_one(
+    browser, store_path, demo_writers, page_checks
+):
     fill, _ = demo_writers
     store = RunStore(store_path)
-    run_id = fill(store, rounds=1)
+    first = fill(store, rounds=1)
     with ConsoleServer(store) as server:
         page = browser.new_page()
         page.goto(server.url)
@@ -105,7 +107,21 @@ def test_read_only_console_has_no_action_controls(browser, store_path, demo_writ
         assert page.is_hidden("#admin-box")
         assert page.query_selector("#clients-table button.exclude") is None
         status = page.evaluate(
-            f"fetch('/api/runs/{run_id}/stop', {{method: 'POST'}}).then(r => r.status)"
+            f"fetch('/api/runs/{first}/stop', {{method: 'POST'}}).then(r => r.status)"
         )
-        assert status == 403 and store.pending_actions(run_id) == []
+        assert status == 403 and store.pending_actions(first) == []
+
+        second = fill(store, rounds=2)  # a new run starts: the page follows it
+        page.wait_for_selector("#rounds-table tr[data-round='2']", timeout=WAIT_MS)
+        page.wait_for_function(
+            f"document.querySelector('#ov-name .v').textContent.startsWith('#{second} ')",
+            timeout=WAIT_MS,
+        )
+        page_checks.check(page, store, second)
+        page.select_option("#run-select", str(first))  # ...unless one is chosen
+        page.wait_for_function(
+            f"document.querySelector('#ov-name .v').textContent.startsWith('#{first} ')",
+            timeout=WAIT_MS,
+        )
+        page_checks.check(page, store, first)
         page.close()
