@@ -1,8 +1,10 @@
 """RunStore: what a federated run did, written as it goes and read by the console and CLI.
 
-Writers are called by the ServerApp and the body service (several threads of one process);
-every call opens its own short transaction under one process-wide lock, so calls never
-interleave inside the store. Readers return plain dicts and lists (JSON-ready).
+Writers are called by the ServerApp and the body service (several threads of one process)
+and by the console (admin actions, often another process). Every call is its own short
+transaction under a lock shared by all stores of that database in the process; on SQLite a
+writer also takes the file's write lock up front (BEGIN IMMEDIATE, WAL journal), so other
+processes queue rather than fail. Readers return plain dicts and lists (JSON-ready).
 """
 
 from __future__ import annotations
