@@ -83,6 +83,8 @@ def _engine_for(url_or_path: str | Path) -> sa.Engine:
         if not memory:
             # WAL lets the console process read while the server process writes.
             cur.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL never corrupts; a power cut may lose the last commits only.
+            cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
@@ -662,37 +664,48 @@ class RunStore:
         """Per site: site_id, node_id, task, first_seen, last_seen, online, rounds (took part),
         dropped_rounds, failed_rounds, examples (latest reported), examples_total, bytes_in,
         bytes_out, contribution (share of all examples trained on in the run), last_dropped."""
-        with self._tx(write=False) as conn:
-            self._run_row(conn, run_id)
-            base = conn.execute(
-                sa.select(s.clients)
-                .where(s.clients.c.run_id == run_id)
-                .order_by(s.clients.c.site_id)
+        cr, cl = s.client_rounds, s.clients
+        took_part = sa.and_(cr.c.dropped.is_(None), cr.c.failed == sa.false())
+        dropped = sa.and_(cr.c.dropped.is_not(None), cr.c.failed == sa.false())
+        agg = (
+            sa.select(
+                cr.c.site_id,
+                sa.func.sum(sa.case((took_part, 1), else_=0)).label("rounds"),
+                sa.func.sum(sa.case((dropped, 1), else_=0)).label("dropped_rounds"),
+                sa.func.sum(sa.case((cr.c.failed == sa.true(), 1), else_=0)).label("failed_rounds"),
+                sa.func.sum(sa.case((took_part, cr.c.num_examples), else_=0)).label(
+                    "examples_total"
+                ),
+                sa.func.sum(cr.c.bytes_in).label("bytes_in"),
+                sa.func.sum(cr.c.bytes_out).label("bytes_out"),
             )
-            out = {r.site_id: _row(r) | _EMPTY_CLIENT for r in base}
-            rows = conn.execute(
-                sa.select(s.client_rounds)
-                .where(s.client_rounds.c.run_id == run_id)
-                .order_by(s.client_rounds.c.round)
+            .where(cr.c.run_id == run_id)
+            .group_by(cr.c.site_id)
+            .subquery()
+        )
+
+        def latest(column: sa.ColumnElement, which: sa.ColumnElement) -> sa.ScalarSelect:
+            mine = sa.and_(cr.c.run_id == run_id, cr.c.site_id == cl.c.site_id, which)
+            return (
+                sa.select(column).where(mine).order_by(cr.c.round.desc()).limit(1).scalar_subquery()
             )
-            for cr in rows:
-                c = out.setdefault(cr.site_id, {"site_id": cr.site_id} | _EMPTY_CLIENT)
-                c["bytes_in"] += cr.bytes_in
-                c["bytes_out"] += cr.bytes_out
-                if cr.failed:
-                    c["failed_rounds"] += 1
-                elif cr.dropped is not None:
-                    c["dropped_rounds"] += 1
-                    c["last_dropped"] = cr.dropped
-                else:
-                    c["rounds"] += 1
-                    c["examples"] = cr.num_examples
-                    c["examples_total"] += cr.num_examples
-        total = sum(c["examples_total"] for c in out.values())
-        for c in out.values():
-            c.pop("run_id", None)
+
+        query = (
+            sa.select(
+                *[c for c in cl.c if c.name != "run_id"],
+                *[sa.func.coalesce(agg.c[k], 0).label(k) for k in _CLIENT_COUNTS],
+                sa.func.coalesce(latest(cr.c.num_examples, took_part), 0).label("examples"),
+                latest(cr.c.dropped, dropped).label("last_dropped"),
+            )
+            .select_from(cl.outerjoin(agg, agg.c.site_id == cl.c.site_id))
+            .where(cl.c.run_id == run_id)
+            .order_by(cl.c.site_id)
+        )
+        out = self._rows(run_id, query)
+        total = sum(c["examples_total"] for c in out)
+        for c in out:
             c["contribution"] = c["examples_total"] / total if total else 0.0
-        return list(out.values())
+        return out
 
     def client_rounds(self, run_id: int, round: int | None = None) -> list[dict[str, Any]]:
         """Per client per round: round, site_id, node_id, task, num_examples, bytes_in,
@@ -761,18 +774,17 @@ class RunStore:
         return self._rows(run_id, query.order_by(ck.c.id))
 
     def snapshot(self, run_id: int) -> dict[str, Any]:
-        """Everything the console shows for one run, in one dict."""
+        """What the console page shows for one run, in one dict (kept small: it is polled
+        every 2 s; per-client rounds and throughput reports have readers of their own)."""
         return {
             "run": self.run(run_id),
             "rounds": self.rounds(run_id),
             "tasks": self.tasks(run_id),
             "task_metrics": self.task_metrics(run_id),
             "clients": self.clients(run_id),
-            "client_rounds": self.client_rounds(run_id),
             "restoration": self.restoration_status(run_id),
             "events": self.events(run_id, limit=200),
             "checkpoints": self.checkpoints(run_id),
-            "body_throughput": self.body_throughput(run_id),
         }
 
     def _rows(self, run_id: int, query: sa.Select) -> list[dict[str, Any]]:
@@ -782,13 +794,11 @@ class RunStore:
 
 
 _ROUND_COUNTS = ("clients", "dropped", "failed", "num_examples", "bytes_in", "bytes_out")
-_EMPTY_CLIENT: dict[str, Any] = {
-    "rounds": 0,
-    "dropped_rounds": 0,
-    "failed_rounds": 0,
-    "examples": 0,
-    "examples_total": 0,
-    "bytes_in": 0,
-    "bytes_out": 0,
-    "last_dropped": None,
-}
+_CLIENT_COUNTS = (
+    "rounds",
+    "dropped_rounds",
+    "failed_rounds",
+    "examples_total",
+    "bytes_in",
+    "bytes_out",
+)
