@@ -274,6 +274,28 @@ def events(
     _show(store, run, as_json, lambda st, rid: st.events(rid, limit=limit), _events_table)
 
 
+def _act(store: str, run: int | None, act: Callable[[RunStore, int], int], what: str) -> None:
+    run_id, action_id = _view(store, run, act)
+    err.print(f"{what} requested for run #{run_id} (action {action_id}); the server applies it")
+
+
+@app.command()
+def stop(run: RunOpt = None, store: StoreOpt = str(DEFAULT_STORE_PATH)) -> None:
+    """Ask the server to stop a run after the current round (writes the store directly:
+    whoever can write the store file is trusted; the web console needs the admin token)."""
+    _act(store, run, RunStore.request_stop, "stop")
+
+
+@app.command()
+def exclude(
+    site_id: Annotated[str, typer.Argument(help="Site to leave out of the next round.")],
+    run: RunOpt = None,
+    store: StoreOpt = str(DEFAULT_STORE_PATH),
+) -> None:
+    """Ask the server to leave a site out of the next round (writes the store directly)."""
+    _act(store, run, lambda st, rid: st.exclude_site(rid, site_id), f"excluding {site_id}")
+
+
 @app.command()
 def export(
     out_path: Annotated[Path, typer.Option("--out", help="HTML file to write.")] = Path(

@@ -264,7 +264,9 @@ class RunStore:
             )
 
     def start_round(self, run_id: int, round: int, phase: str) -> None:
-        """A round begins in `phase` (e.g. one of PHASES); it becomes the run's current round."""
+        """A round begins in `phase` (e.g. one of PHASES); it becomes the run's current round.
+        Starting a round again (after a resume) restarts its clock; use set_phase to move
+        a running round to another phase."""
         _count("round", round)
         _text("phase", phase)
         with self._tx() as conn:
@@ -280,6 +282,19 @@ class RunStore:
                 .where(s.runs.c.id == run_id)
                 .values(current_round=round, current_phase=phase)
             )
+
+    def set_phase(self, run_id: int, phase: str) -> None:
+        """The current round moves on to `phase` (e.g. 'evaluate'); its clock keeps running."""
+        _text("phase", phase)
+        with self._tx() as conn:
+            run = self._run_row(conn, run_id)
+            conn.execute(sa.update(s.runs).where(s.runs.c.id == run_id).values(current_phase=phase))
+            if run["current_round"] is not None:
+                conn.execute(
+                    sa.update(s.rounds)
+                    .where(s.rounds.c.run_id == run_id, s.rounds.c.round == run["current_round"])
+                    .values(phase=phase)
+                )
 
     def finish_round(self, run_id: int, round: int, seconds: float | None = None) -> None:
         """The round ended; `seconds` defaults to the time since start_round."""

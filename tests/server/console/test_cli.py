@@ -87,6 +87,19 @@ def test_export_writes_a_self_contained_report(finished_store, store_path, tmp_p
     assert html.count("runs/ckpt/round-") >= len(store.checkpoints(run_id))
 
 
+def test_stop_and_exclude_write_pending_actions(demo_store, store_path):
+    store, run_id = demo_store
+    _cli("exclude", "site-b", "--store", str(store_path))
+    _cli("stop", "--run", str(run_id), "--store", str(store_path))
+    assert [(a["kind"], a["site_id"]) for a in store.pending_actions(run_id)] == [
+        ("exclude_site", "site-b"),
+        ("stop", None),
+    ]
+    bad = runner.invoke(app, ["exclude", " ", "--store", str(store_path)])
+    assert bad.exit_code == 1 and "site_id" in bad.stderr
+    assert len(store.pending_actions(run_id)) == 2
+
+
 def test_missing_store_and_run_are_clear_errors(tmp_path, store_path):
     missing = runner.invoke(app, ["status", "--store", str(tmp_path / "nope.db")])
     assert missing.exit_code == 2 and "no run store" in missing.stderr

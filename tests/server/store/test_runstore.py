@@ -49,11 +49,21 @@ def test_run_lifecycle_round_trips(store_path, clock):
         (1, "warmup", 12.5),
         (2, "task-agnostic", 7.0),
     ]
+    store.start_round(run_id, 3, "task-specific")
+    clock.advance(2.0)
+    store.set_phase(run_id, "evaluate")
+    clock.advance(3.0)
+    store.finish_round(run_id, 3)
+    assert (store.rounds(run_id)[-1]["phase"], store.rounds(run_id)[-1]["seconds"]) == (
+        "evaluate",
+        5.0,
+    )
+    assert store.run(run_id)["current_phase"] == "evaluate"
     clock.advance(1.0)
     store.finish_run(run_id, "stopped")
     run = store.run(run_id)
     assert run["state"] == "stopped" and run["ended_at"] == clock.now
-    assert run["rounds_finished"] == 2
+    assert run["rounds_finished"] == 3
     assert [e["kind"] for e in store.events(run_id)] == ["run_started", "run_stopped"]
     store.resume_run(run_id)
     assert store.run(run_id)["state"] == "running"
