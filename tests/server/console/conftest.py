@@ -18,6 +18,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--no-first-run",
+    "--disable-dev-shm-usage",  # containers often give /dev/shm only 64 MB
 ]
 WAIT_MS = 20_000
 

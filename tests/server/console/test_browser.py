@@ -29,6 +29,15 @@ def test_page_shows_the_store_and_updates_live(browser, served, page_checks, tmp
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    elsewhere: list[str] = []  # the page must work offline: nothing but the console is asked
+
+    def only_console(route):
+        if route.request.url.startswith(server.url + "/"):
+            return route.continue_()
+        elsewhere.append(route.request.url)
+        return route.abort()
+
+    page.route("**/*", only_console)
     page.goto(server.url)
     wait_refreshed(page)
     check(page, store, run_id)
@@ -56,7 +65,7 @@ def test_page_shows_the_store_and_updates_live(browser, served, page_checks, tmp
     wait_refreshed(page, int(page.evaluate("Number(document.body.dataset.refreshes)")))
     check(page, store, run_id)
     page.screenshot(path=str(tmp_path / "console-finished.png"), full_page=True)
-    assert errors == []
+    assert errors == [] and elsewhere == []
     assert (tmp_path / "console.png").stat().st_size > 10_000
     page.close()
 
