@@ -281,8 +281,9 @@ def _act(store: str, run: int | None, act: Callable[[RunStore, int], int], what:
 
 @app.command()
 def stop(run: RunOpt = None, store: StoreOpt = str(DEFAULT_STORE_PATH)) -> None:
-    """Ask the server to stop a run after the current round (writes the store directly:
-    whoever can write the store file is trusted; the web console needs the admin token)."""
+    """Ask the server to stop a run after the current round (writes the store directly).
+
+    Whoever can write the store file is trusted; the web console needs the admin token."""
     _act(store, run, RunStore.request_stop, "stop")
 
 
