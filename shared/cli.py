@@ -121,7 +121,10 @@ def _load_plugins() -> None:
 
             app.command(ep.name, help=f"(unavailable: {reason})")(unavailable)
             continue
-        app.add_typer(sub, name=ep.name)
+        if ep.name.startswith("_"):
+            app.registered_commands.extend(sub.registered_commands)
+        else:
+            app.add_typer(sub, name=ep.name)
 
 
 def main() -> None:
