@@ -15,6 +15,10 @@ from shared.model.split import BodyLink, split_train_step
 from shared.train.task_model import TaskModel, evaluate, make_loader, to_device
 
 
+class SimulatedFault(RuntimeError):
+    """Raised by the fault-injection setting (`FederationConfig.fault`), never otherwise."""
+
+
 def round_seed(seed: int, round_number: int, site_id: str) -> int:
     """A seed unique to (run seed, round, site), stable across processes and restarts."""
     return int(np.random.SeedSequence([seed, round_number, *site_id.encode()]).generate_state(1)[0])
@@ -40,7 +44,10 @@ def train_round(
     examples = 0
     started = time.perf_counter()
     batches = iter(loader)
-    for _ in range(cfg.local_steps):
+    fault = cfg.fault
+    for step in range(cfg.local_steps):
+        if fault.site == site.site_id and fault.round == round_number and step == fault.after_steps:
+            raise SimulatedFault(f"{site.site_id} failed on purpose in round {round_number} at step {step}")
         try:
             batch = next(batches)
         except StopIteration:

@@ -89,7 +89,8 @@ class Federation:
         self.store = store
         self.tls = tls
         seed_everything(cfg.seed)
-        self.run_id = secrets.token_hex(6)
+        ckpt = self._read_checkpoint() if resume else None
+        self.run_id = ckpt["run_id"] if ckpt else secrets.token_hex(6)
         self.secret = secrets.token_bytes(32)
         body = Body(cfg.model)
         self.body = BodyService(
@@ -109,10 +110,13 @@ class Federation:
             self.task_states[name] = TaskModel.build(name, cfg.model).state_dict()
         self.client_states: dict[str, dict[str, torch.Tensor]] = {}
         self.history: list[dict[str, Any]] = []
+        self.reply_states: dict[str, dict[str, torch.Tensor]] = {}  # last round's, for audit
+        self.store_run: int | None = None  # this run's id in the run store
+        self.excluded: set[str] = set()
         self.start_round = 1
         self.started = time.time()
-        if resume:
-            self._load_checkpoint()
+        if ckpt:
+            self._restore(ckpt)
         elif (self.out / "rounds.jsonl").exists():
             raise FileExistsError(f"{self.out} already holds a run; use --resume or another --out")
         write_json(self.out / "config.json", cfg.model_dump())
@@ -123,24 +127,68 @@ class Federation:
         cfg = self.cfg
         port = self.body.start(cfg.body_host, cfg.body_port, tls=self.tls)
         endpoint = cfg.body_endpoint or f"{cfg.body_host}:{port}"
+        state = "failed"
         try:
+            self._open_store_run()
             clients = transport.describe(cfg, timeout_s=cfg.round_timeout_s)
             self._show_roster(clients)
+            for c in clients:
+                self._store("mark_client", c.site_id, True, node_id=c.node_id, task=c.task)
             for r in range(self.start_round, cfg.rounds + 1):
-                self._round(transport, clients, r, endpoint)
+                if self._apply_admin_actions():
+                    state = "stopped"
+                    break
+                active = [c for c in clients if c.site_id not in self.excluded]
+                self._round(transport, active, r, endpoint)
+            else:
+                state = "finished"
             summary = self._summary(clients)
+            summary["state"] = state
             write_json(self.out / "summary.json", summary)
             return summary
         finally:
             self.body.stop()
+            self._store("finish_run", state)
+
+    # ---- run store (optional) ----------------------------------------------------------------
+
+    def _store(self, method: str, *args: Any, **kwargs: Any) -> None:
+        """Call a run-store writer for this run; a store failure is logged, never fatal."""
+        if self.store is None or self.store_run is None:
+            return
+        try:
+            getattr(self.store, method)(self.store_run, *args, **kwargs)
+        except Exception:  # the run matters more than its dashboard
+            log.exception("run store: %s failed", method)
+
+    def _open_store_run(self) -> None:
+        if self.store is None:
+            return
+        if self.store_run is not None:  # resumed
+            self.store.resume_run(self.store_run)
+        else:
+            self.store_run = self.store.create_run(self.out.name, self.cfg.model_dump(), self.cfg.rounds)
+
+    def _apply_admin_actions(self) -> bool:
+        """Apply console actions (stop, exclude a site); True when the run must stop."""
+        if self.store is None or self.store_run is None:
+            return False
+        stop = False
+        for action in self.store.pending_actions(self.store_run):
+            if action["kind"] == "stop":
+                stop = True
+            elif action["kind"] == "exclude_site":
+                self.excluded.add(action["site_id"])
+                self.console.print(f"[yellow]site {action['site_id']} excluded by the console[/]")
+            self.store.ack_action(action["id"])
+        return stop
 
     def _round(self, transport: Transport, clients: list[ClientInfo], r: int, endpoint: str) -> None:
         cfg = self.cfg
         phase = cfg.schedule.phase(r, cfg.rounds)
         train_body = cfg.schedule.trains_body(phase)
         started = time.perf_counter()
-        if self.store:
-            self.store.start_round(self.run_id, r, phase)
+        self._store("start_round", r, phase)
         self.body.open_round(
             r,
             {str(c.node_id): c.task for c in clients},
@@ -148,6 +196,7 @@ class Federation:
             mode=cfg.mode,
             step_deadline_s=cfg.step_deadline_s,
         )
+        self.reply_states = {}
         train_msgs = [
             Instruction(c, self._state_for(c), self._message_config(c, r, phase, endpoint)) for c in clients
         ]
@@ -166,8 +215,12 @@ class Federation:
                 dropped[site] = report.dropped[node]
             else:
                 self.client_states[site] = reply.state
-        if dropped:
-            self.console.print(f"[yellow]round {r}: dropped {dropped}[/]")
+                self.reply_states[site] = reply.state
+        if len(dropped) == len(replies):
+            raise RuntimeError(f"round {r}: every client failed: {dropped}")
+        for site, why in dropped.items():
+            self.console.print(f"[yellow]round {r}: dropped {site}: {why}[/]")
+            self._store("record_event", "dropped", f"{site}: {why}", site_id=site)
 
         # FedAvg within each task group; tasks never average together.
         ok = [rep for rep in replies if rep.client.site_id not in dropped]
@@ -200,8 +253,7 @@ class Federation:
         self.history.append(record)
         append_jsonl(self.out / "rounds.jsonl", record)
         self._save_checkpoint(r)
-        if self.store:
-            self._write_store(record)
+        self._write_store(record)
         self._show_round(record)
 
     # ---- messages --------------------------------------------------------------------------
@@ -271,15 +323,15 @@ class Federation:
     def _write_store(self, record: dict[str, Any]) -> None:
         r = record["round"]
         for task, metrics in record["tasks"].items():
-            self.store.record_task_metrics(self.run_id, r, task, metrics)
+            self._store("record_task_metrics", r, task, metrics)
         for site, c in record["clients"].items():
-            self.store.record_client_round(
-                self.run_id, r, c["node_id"], site, c["task"], c["num_examples"], c["bytes_sent"],
-                c["bytes_received"], {k: v for k, v in (c.get("val") or {}).items()}, c["dropped"],
+            self._store(
+                "record_client_round", r, c["node_id"], site, c["task"], c["num_examples"],
+                c["bytes_sent"], c["bytes_received"], c.get("val") or {}, c["dropped"],
             )
         secs = record["body"]["train_seconds"] or 1e-9
-        self.store.record_body_throughput(self.run_id, r, record["body"]["tokens"] / secs, record["body"]["steps"])
-        self.store.finish_round(self.run_id, r, record["seconds"])
+        self._store("record_body_throughput", r, record["body"]["tokens"] / secs, record["body"]["steps"])
+        self._store("finish_round", r, record["seconds"])
 
     def _summary(self, clients: list[ClientInfo]) -> dict[str, Any]:
         last = self.history[-1] if self.history else {"tasks": {}}
@@ -312,7 +364,10 @@ class Federation:
                 "body": self.body.state_dict(),
                 "task_states": self.task_states,
                 "client_states": self.client_states,
+                "reply_states": self.reply_states,
                 "history": self.history,
+                "store_run": self.store_run,
+                "excluded": sorted(self.excluded),
                 "rng": torch.get_rng_state(),
             },
             tmp,
@@ -320,10 +375,9 @@ class Federation:
         tmp.replace(path)
         shutil.copyfile(path, self.out / "checkpoints" / "latest.tmp")
         (self.out / "checkpoints" / "latest.tmp").replace(self.out / "checkpoints" / "latest.pt")
-        if self.store:
-            self.store.record_checkpoint(self.run_id, r, str(path))
+        self._store("record_checkpoint", r, str(path))
 
-    def _load_checkpoint(self) -> None:
+    def _read_checkpoint(self) -> dict[str, Any]:
         path = self.out / "checkpoints" / "latest.pt"
         if not path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {path}")
@@ -331,19 +385,22 @@ class Federation:
         saved = FederationConfig.model_validate(ckpt["config"])
         if saved != self.cfg:
             raise ValueError(f"--resume: the config differs from the checkpointed run in {path}")
-        self.run_id = ckpt["run_id"]
+        return ckpt
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
         self.body.load_state_dict(ckpt["body"])
         self.task_states = ckpt["task_states"]
         self.client_states = ckpt["client_states"]
         self.history = ckpt["history"]
+        self.store_run = ckpt.get("store_run")
+        self.excluded = set(ckpt.get("excluded", []))
         torch.set_rng_state(ckpt["rng"])
         self.start_round = ckpt["round"] + 1
         # rounds.jsonl may hold rounds after the checkpoint if the crash came between writes.
-        lines = [h for h in self.history]
         (self.out / "rounds.jsonl").write_text("")
-        for h in lines:
+        for h in self.history:
             append_jsonl(self.out / "rounds.jsonl", h)
-        self.console.print(f"resuming run {self.run_id} at round {self.start_round} from {path}")
+        self.console.print(f"resuming run {self.run_id} at round {self.start_round}")
 
     # ---- console output --------------------------------------------------------------------
 

@@ -161,6 +161,15 @@ class ScheduleConfig(FestaModel):
         return round_number % self.unify_every == 0 or round_number == total_rounds
 
 
+class FaultInjection(FestaModel):
+    """Chaos testing of simulations: the client at `site` fails in `round` after `after_steps`
+    batches, as a hospital whose node crashes mid-round would. Off when `site` is empty."""
+
+    site: str = ""
+    round: int = Field(0, ge=0)
+    after_steps: int = Field(0, ge=0)
+
+
 class FederationConfig(FestaModel):
     """One federated run: what `festa simulate` and the deployed ServerApp are given."""
 
@@ -188,6 +197,7 @@ class FederationConfig(FestaModel):
     body_port: int = Field(0, ge=0, le=65535, description="0: any free port")
     body_endpoint: str = Field("", description="address clients dial; default host:bound port")
     restore: Literal["none", "dps", "cddb", "cddb-deep", "blinddps"] = "none"
+    fault: FaultInjection = FaultInjection()
 
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:

@@ -21,7 +21,7 @@ def run_simulation(
     out_dir: str | Path,
     *,
     resume: bool = False,
-    store: Any = None,
+    store_path: str | Path | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Run `cfg` with `cfg.clients` virtual SuperNodes; returns the run's summary."""
@@ -49,19 +49,32 @@ def run_simulation(
         "client_resources": {"num_cpus": cpus / cfg.clients, "num_gpus": 0.0},
         "init_args": {"num_cpus": cpus, "include_dashboard": False, "log_to_driver": True},
     }
+    store = None
+    if store_path is not None:
+        from server.store import RunStore
+
+        Path(store_path).parent.mkdir(parents=True, exist_ok=True)
+        store = RunStore(store_path)
     started = time.time()
     # Start Ray before the ServerApp opens the gRPC body service: Ray forks its daemons, and a
     # fork while gRPC threads run can leave them hung (Flower reuses an initialised Ray).
     import ray
 
-    if not ray.is_initialized():
+    own_ray = not ray.is_initialized()
+    if own_ray:
         ray.init(**backend["init_args"], logging_level=logging.WARNING)
-    flwr_run_simulation(
-        server_app=make_server_app(cfg, out, resume=resume, store=store),
-        client_app=client_app,
-        num_supernodes=cfg.clients,
-        backend_config=backend,
-    )
+    try:
+        flwr_run_simulation(
+            server_app=make_server_app(cfg, out, resume=resume, store=store),
+            client_app=client_app,
+            num_supernodes=cfg.clients,
+            backend_config=backend,
+        )
+    finally:
+        if own_ray:
+            ray.shutdown()
+        if store is not None:
+            store.close()
     summary_path = out / "summary.json"
     if not summary_path.exists():
         raise RuntimeError(f"the simulation ended without a summary; see the log above and {out}")
