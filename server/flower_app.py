@@ -11,7 +11,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.serverapp import Grid, ServerApp
 
 from server.federation import ClientInfo, Federation, Instruction, Reply
-from shared.config import FederationConfig, validate
+from shared.config import FederationConfig, model_preset, validate
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,8 @@ def config_from_run_config(run_config: dict[str, Any]) -> tuple[FederationConfig
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
+    if "preset" in extras:
+        nested["model"] = {**model_preset(str(extras["preset"])).model_dump(), **nested.get("model", {})}
     if "tasks" in nested and isinstance(nested["tasks"], str):
         nested["tasks"] = [t.strip() for t in nested["tasks"].split(",") if t.strip()]
     return validate(FederationConfig, nested, "run config"), extras

@@ -28,6 +28,14 @@ app = typer.Typer(
 )
 console = Console()
 
+
+@app.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every service event")] = False,
+) -> None:
+    """Federated split learning for chest X-ray AI, with on-site diffusion restoration."""
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
+
 TASK_NAMES = ("classification", "segmentation", "detection")
 
 
