@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -33,7 +34,13 @@ def _site(cfg: FederationConfig, context: Context) -> SiteData:
     missing = [k for k in ("site-id", "task", "data-path") if k not in node]
     if missing:
         raise ValueError(f"node config lacks {missing}: start the SuperNode with --node-config")
-    return _deployed(str(node["site-id"]), str(node["task"]), str(node["data-path"]), cfg.model.image_size, cfg.seed)
+    return _deployed(
+        str(node["site-id"]),
+        str(node["task"]),
+        str(node["data-path"]),
+        cfg.model.image_size,
+        cfg.seed,
+    )
 
 
 @lru_cache(maxsize=4)
@@ -67,14 +74,19 @@ def _prepare(msg: Message, context: Context) -> tuple[FederationConfig, SiteData
     return cfg, site, model.to(cfg.device), config
 
 
-def _link(cfg: FederationConfig, config: dict) -> RemoteBodyLink:
-    return RemoteBodyLink(str(config["body-endpoint"]), str(config["token"]), wire_dtype=cfg.wire)
+def _link(cfg: FederationConfig, config: dict, context: Context) -> RemoteBodyLink:
+    """The body-service stream; TLS pinned to the deployment CA when node config has `body-ca`."""
+    ca = str(context.node_config.get("body-ca", "") or "")
+    root = Path(ca).read_bytes() if ca else None
+    return RemoteBodyLink(
+        str(config["body-endpoint"]), str(config["token"]), wire_dtype=cfg.wire, tls_root_cert=root
+    )
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg, site, model, config = _prepare(msg, context)
-    with _link(cfg, config) as link:
+    with _link(cfg, config, context) as link:
         metrics = train_round(cfg, site, model, link, int(config["round"]))
         metrics["bytes-sent"] = link.bytes_sent
         metrics["bytes-received"] = link.bytes_received
@@ -90,6 +102,9 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     cfg, site, model, config = _prepare(msg, context)
-    with _link(cfg, config) as link:
+    with _link(cfg, config, context) as link:
         metrics = evaluate_site(cfg, site, model, link, int(config["round"]))
-    return Message(RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()})}), reply_to=msg)
+    return Message(
+        RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()})}),
+        reply_to=msg,
+    )
