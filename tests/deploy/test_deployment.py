@@ -1,0 +1,103 @@
+"""Two federated rounds over a real TLS + node-authenticated deployment on 127.0.0.1, driven by
+`flwr run`; the run store, the console and `flwr ls` must agree."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+
+import httpx
+import pytest
+
+from client.deploy import SiteSettings, supernode_argv
+from server.store import RunStore
+from tests.deploy.conftest import REPO, SITES, Deployment, free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+
+
+def _flwr_json(dep: Deployment, *args: str) -> dict:
+    out = dep.flwr(*args, "--format", "json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    return json.loads(out.stdout[out.stdout.index("{") :])
+
+
+def test_two_rounds_with_tls_and_node_auth(deployment: Deployment) -> None:
+    dep = deployment
+    # An unregistered key tries to join while the run goes on.
+    rogue = SiteSettings.model_validate(
+        {
+            "site": {
+                "id": "rogue",
+                "task": "classification",
+                "data": "phantoms",
+                "state-dir": dep.root / "rogue",
+            },
+            "superlink": {"address": f"127.0.0.1:{dep.superlink_port}", "ca": dep.certs / "ca.pem"},
+            "auth": {"private-key": dep.certs / "nodes" / "rogue.key"},
+            "supernode": {"port": free_port(), "max-retries": 0},
+        }
+    )
+    rogue_proc = dep.start("rogue", supernode_argv(rogue))
+
+    run = subprocess.run(
+        [
+            "flwr",
+            "run",
+            str(REPO),
+            "festa",
+            "--run-config",
+            str(dep.state / "run-config.toml"),
+            "--stream",
+        ],
+        cwd=REPO,
+        env=dep.flwr_env,
+        capture_output=True,
+        text=True,
+        timeout=360,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    # Flower's view: the run finished.
+    runs = _flwr_json(dep, "ls", "festa")["runs"]
+    assert len(runs) == 1 and runs[0]["status"] == "finished:completed", runs
+
+    # festa's run store: the same run finished, both rounds have metrics from every site.
+    with RunStore(dep.state / "festa.db") as store:
+        (summary,) = store.runs()
+        assert summary["state"] == "finished"
+        run_id = summary["id"]
+        rounds = store.rounds(run_id)
+        assert [r["round"] for r in rounds] == [1, 2]
+        per_round = {r: {c["site_id"] for c in store.client_rounds(run_id, r)} for r in (1, 2)}
+        assert per_round == {1: set(SITES), 2: set(SITES)}
+        for c in store.client_rounds(run_id):
+            assert c["num_examples"] > 0 and c["bytes_in"] > 0 and c["bytes_out"] > 0, c
+            assert c["dropped"] is None and not c["failed"] and c["metrics"], c
+        assert {m["task"] for m in store.task_metrics(run_id)} == {"classification", "segmentation"}
+
+    # The console (in `festa server start`) serves the same store.
+    api = httpx.get(f"http://127.0.0.1:{dep.console_port}/api/runs", timeout=10).json()
+    assert any(r["id"] == run_id and r["state"] == "finished" for r in api), api
+
+    # Only the three registered sites ever joined; the rogue key was refused.
+    nodes = _flwr_json(dep, "supernode", "ls", "festa")["nodes"]
+    assert len(nodes) == 3, nodes
+    assert rogue_proc.wait(timeout=60) != 0
+    assert "Failed to activate SuperNode" in dep.log("rogue")  # TLS worked; activation was refused
+    assert "rogue" not in {c["site_id"] for c in store_clients(dep, run_id)}
+
+
+def store_clients(dep: Deployment, run_id: int) -> list[dict]:
+    with RunStore(dep.state / "festa.db") as store:
+        return store.clients(run_id)
+
+
+def test_plaintext_to_the_superlink_tls_port_fails(deployment: Deployment) -> None:
+    url = f"127.0.0.1:{deployment.superlink_port}"
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://{url}/", timeout=10)
+    # ... while TLS with the deployment CA reaches the same port.
+    ctx = ssl.create_default_context(cafile=str(deployment.certs / "ca.pem"))
+    assert httpx.get(f"https://{url}/", verify=ctx, timeout=10).status_code < 500
