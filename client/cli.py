@@ -20,6 +20,9 @@ app = typer.Typer(help="Site side of a deployment: the SuperNode and the restora
 err = Console(stderr=True, soft_wrap=True)
 
 SiteOpt = Annotated[Path, typer.Option("--site", help="site TOML (see deploy/site-a.toml).")]
+InsecureOpt = Annotated[
+    bool, typer.Option("--insecure", help="No TLS, no node auth: loopback only.")
+]
 
 
 def _settings(site: Path, insecure: bool = False) -> deploy.SiteSettings:
@@ -43,9 +46,9 @@ def children(s: deploy.SiteSettings) -> list[Child]:
 
 
 @app.command()
-def check(site: SiteOpt) -> None:
+def check(site: SiteOpt, insecure: InsecureOpt = False) -> None:
     """Validate the site TOML and print the commands `start` would run."""
-    s = _settings(site)
+    s = _settings(site, insecure)
     for child in children(s):
         typer.echo(f"{child.name}: {' '.join(child.argv)}")
 
@@ -53,9 +56,7 @@ def check(site: SiteOpt) -> None:
 @app.command()
 def start(
     site: SiteOpt,
-    insecure: Annotated[
-        bool, typer.Option("--insecure", help="No TLS, no node auth: loopback only.")
-    ] = False,
+    insecure: InsecureOpt = False,
 ) -> None:
     """Start the site's SuperNode (and restoration daemon), restart them if they crash, stop on SIGTERM."""
     s = _settings(site, insecure)

@@ -25,6 +25,9 @@ app = typer.Typer(help="Server side of a deployment: SuperLink, console, node re
 err = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", help="server.toml (see deploy/server.toml).")]
+InsecureOpt = Annotated[
+    bool, typer.Option("--insecure", help="No TLS, no node auth: loopback only.")
+]
 
 
 def _settings(config: Path, insecure: bool = False) -> deploy.ServerSettings:
@@ -48,9 +51,9 @@ def wait_for_port(address: str, timeout_s: float = 60.0) -> None:
 
 
 @app.command()
-def check(config: ConfigOpt) -> None:
+def check(config: ConfigOpt, insecure: InsecureOpt = False) -> None:
     """Validate server.toml and print the commands `start` would run."""
-    s = _settings(config)
+    s = _settings(config, insecure)
     typer.echo(" ".join(deploy.superlink_argv(s)))
     typer.echo(" ".join(deploy.submit_argv(s)))
 
@@ -58,9 +61,7 @@ def check(config: ConfigOpt) -> None:
 @app.command()
 def start(
     config: ConfigOpt,
-    insecure: Annotated[
-        bool, typer.Option("--insecure", help="No TLS, no node auth: loopback only.")
-    ] = False,
+    insecure: InsecureOpt = False,
     exit_after_run: Annotated[
         bool, typer.Option("--exit-after-run", help="Stop everything once the submitted run ends.")
     ] = False,

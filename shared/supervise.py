@@ -118,7 +118,7 @@ class Supervisor:
             child.next_start = now + child.backoff_s
             child.restarts += 1
             self._on_event(
-                f"{child.name}: exited with code {code}; restart #{child.restarts} in {child.backoff_s:.0f} s"
+                f"{child.name}: exited with code {code}; restart #{child.restarts} in {child.backoff_s:.1f} s"
             )
             child.backoff_s = min(child.backoff_s * 2, self.max_backoff_s)
 
