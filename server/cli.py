@@ -87,7 +87,7 @@ def start(
                 RunStore(s.store_path),
                 s.console.host,
                 s.console.port,
-                s.console.admin_token or None,
+                s.console.token or None,
             ).start()
             err.print(f"festa server: console on {console.url}")
         if s.run.submit:
@@ -129,6 +129,9 @@ def register_node(
         text=True,
     )
     typer.echo(proc.stdout.strip())
+    if proc.returncode != 0 and "already in use" in (proc.stdout + proc.stderr).lower():
+        typer.echo(f"{public_key} is already registered")  # re-running is harmless
+        return
     if proc.returncode != 0:
         err.print(f"[red]registration failed:[/red] {proc.stderr.strip() or proc.stdout.strip()}")
         raise typer.Exit(1)

@@ -14,6 +14,7 @@ the body service (TLS, same CA) and writes the run store. Layout under `state-di
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -21,7 +22,13 @@ from pathlib import Path
 from pydantic import Field
 
 from shared.config import ConfigError
-from shared.deploy import DeployModel, require_files, require_loopback, write_flwr_config
+from shared.deploy import (
+    DeployModel,
+    is_loopback,
+    require_files,
+    require_loopback,
+    write_flwr_config,
+)
 
 RunConfigValue = str | int | float | bool
 
@@ -52,8 +59,13 @@ class ConsoleSection(DeployModel):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     admin_token: str = Field(
-        "", description="bearer token for admin actions; required off loopback"
+        "", description="admin-action token; needed off loopback (or FESTA_CONSOLE_ADMIN_TOKEN)"
     )
+
+    @property
+    def token(self) -> str:
+        """The admin token from the file, else from FESTA_CONSOLE_ADMIN_TOKEN (keeps it out of files)."""
+        return self.admin_token or os.environ.get("FESTA_CONSOLE_ADMIN_TOKEN", "")
 
 
 class RunSection(DeployModel):
@@ -117,11 +129,7 @@ class ServerSettings(DeployModel):
                     for n in ("ca.pem", "superlink.pem", "superlink.key", "body.pem", "body.key")
                 },
             )
-        if (
-            self.console.enabled
-            and self.console.admin_token == ""
-            and self.console.host not in ("127.0.0.1", "localhost")
-        ):
+        if self.console.enabled and not self.console.token and not is_loopback(self.console.host):
             raise ConfigError("console.admin-token: required when the console listens off loopback")
         if self.run.submit and not (self.run.app / "pyproject.toml").is_file():
             raise ConfigError(f"run.app: {self.run.app} has no pyproject.toml")

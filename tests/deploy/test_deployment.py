@@ -12,7 +12,7 @@ import pytest
 
 from client.deploy import SiteSettings, supernode_argv
 from server.store import RunStore
-from tests.deploy.conftest import REPO, SITES, Deployment, free_port
+from tests.deploy.conftest import REPO, SITES, Deployment, festa, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -87,6 +87,19 @@ def test_two_rounds_with_tls_and_node_auth(deployment: Deployment) -> None:
     assert rogue_proc.wait(timeout=60) != 0
     assert "Failed to activate SuperNode" in dep.log("rogue")  # TLS worked; activation was refused
     assert "rogue" not in {c["site_id"] for c in store_clients(dep, run_id)}
+
+
+def test_registering_a_key_twice_is_harmless(deployment: Deployment) -> None:
+    dep = deployment
+    key = dep.certs / "nodes" / "site-a.pub"
+    again = subprocess.run(
+        festa("server", "register-node", str(key), "--config", str(dep.server_toml)),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert again.returncode == 0 and "already registered" in again.stdout, again.stdout + again.stderr
 
 
 def store_clients(dep: Deployment, run_id: int) -> list[dict]:
