@@ -149,7 +149,7 @@ def prepare(s: ServerSettings) -> None:
     for d in (s.server.state_dir, s.logs, s.server.state_dir / "runs"):
         d.mkdir(parents=True, exist_ok=True)
     write_flwr_config(s.flwr_home, s.server.connection, s.control_address, s.cert("ca.pem"))
-    s.run_config_path.write_text(_toml_table(run_config(s)))
+    s.run_config_path.write_text(toml_table(run_config(s)))
 
 
 def run_config(s: ServerSettings) -> dict[str, RunConfigValue]:
@@ -166,11 +166,13 @@ def run_config(s: ServerSettings) -> dict[str, RunConfigValue]:
         cfg["body-key"] = str(s.cert("body.key").resolve())  # type: ignore[union-attr]
     cfg.update(s.run.config)
     if not cfg["out"]:
-        cfg["out"] = str((s.server.state_dir / "runs").resolve() / "run")
+        cfg["out"] = str((s.server.state_dir / "runs").resolve() / "{run-id}")
     return cfg
 
 
-def _toml_table(values: dict[str, RunConfigValue]) -> str:
+def toml_table(values: dict[str, RunConfigValue]) -> str:
+    """Flat run-config keys as a TOML file body (what `flwr run --run-config FILE` reads)."""
+
     def fmt(v: RunConfigValue) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"

@@ -158,6 +158,7 @@ def make_server_app(
             (cfg, {}) if cfg is not None else config_from_run_config(dict(context.run_config))
         )
         out = out_dir or extras.get("out") or f"runs/flwr-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = str(out).replace("{run-id}", str(context.run_id))  # one folder per Flower run
         run_store = store if store is not None else _open_store(extras.get("store"))
         federation = Federation(
             run_cfg,

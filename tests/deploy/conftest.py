@@ -72,10 +72,12 @@ class Deployment:
     def flwr_env(self) -> dict[str, str]:
         return {**os.environ, "FLWR_HOME": str(self.state / "flwr")}
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         log = open(self.root / f"{name}.out", "ab")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
-            argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         log.close()
         self.procs[name] = proc

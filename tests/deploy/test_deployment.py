@@ -4,15 +4,19 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import ssl
 import subprocess
+import tomllib
 
 import httpx
 import pytest
 
 from client.deploy import SiteSettings, supernode_argv
+from server.deploy import toml_table
 from server.store import RunStore
-from tests.deploy.conftest import REPO, SITES, Deployment, festa, free_port
+from tests.deploy.conftest import REPO, SITES, Deployment, festa, free_port, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -99,7 +103,9 @@ def test_registering_a_key_twice_is_harmless(deployment: Deployment) -> None:
         text=True,
         timeout=60,
     )
-    assert again.returncode == 0 and "already registered" in again.stdout, again.stdout + again.stderr
+    assert again.returncode == 0 and "already registered" in again.stdout, (
+        again.stdout + again.stderr
+    )
 
 
 def store_clients(dep: Deployment, run_id: int) -> list[dict]:
@@ -114,3 +120,49 @@ def test_plaintext_to_the_superlink_tls_port_fails(deployment: Deployment) -> No
     # ... while TLS with the deployment CA reaches the same port.
     ctx = ssl.create_default_context(cafile=str(deployment.certs / "ca.pem"))
     assert httpx.get(f"https://{url}/", verify=ctx, timeout=10).status_code < 500
+
+
+def test_a_killed_site_is_dropped_and_rejoins_the_next_round(deployment: Deployment) -> None:
+    """SIGKILL site-c's SuperNode while it trains round 1: the round goes on without it (recorded
+    as dropped), its supervisor restarts it, and it trains again in round 2."""
+    dep = deployment
+    node_log = dep.root / "site-c" / "logs" / "supernode.log"
+    trains_before = node_log.read_text(errors="replace").count("Receiving: train message")
+    config = tomllib.loads((dep.state / "run-config.toml").read_text())
+    # async: the others never wait for the dead site's steps; the dead site costs one round timeout.
+    config.update({"mode": "async", "round-timeout-s": 60.0})
+    run_config = dep.root / "kill-run-config.toml"
+    run_config.write_text(toml_table(config))
+    with RunStore(dep.state / "festa.db") as store:
+        runs_before = len(store.runs())
+
+    dep.start(
+        "kill-run",
+        ["flwr", "run", str(REPO), "festa", "--run-config", str(run_config), "--stream"],
+        dep.flwr_env,
+    )
+    wait_until(
+        lambda: (
+            node_log.read_text(errors="replace").count("Receiving: train message") > trains_before
+        ),
+        180,
+        "site-c to receive its round-1 train message",
+        poll=0.2,
+    )
+    victim = int((dep.root / "site-c" / "logs" / "supernode.pgid").read_text())
+    os.killpg(victim, signal.SIGKILL)
+    assert dep.procs["kill-run"].wait(timeout=360) == 0, dep.log("kill-run")[-3000:]
+
+    with RunStore(dep.state / "festa.db") as store:
+        runs = store.runs()
+        assert len(runs) == runs_before + 1 and runs[-1]["state"] == "finished"
+        run_id = runs[-1]["id"]
+        round1 = {c["site_id"]: c for c in store.client_rounds(run_id, 1)}
+        round2 = {c["site_id"]: c for c in store.client_rounds(run_id, 2)}
+        events = store.events(run_id)
+    assert round1["site-c"]["dropped"], round1
+    assert round1["site-a"]["dropped"] is None and round1["site-b"]["dropped"] is None
+    assert any(e["kind"] == "dropped" and "site-c" in e["message"] for e in events), events
+    # The supervisor restarted the SuperNode (same key, same node) and site-c trained in round 2.
+    assert set(round2) == set(SITES) and all(c["dropped"] is None for c in round2.values()), round2
+    assert "restart #1" in dep.log("site-c")
