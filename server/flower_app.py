@@ -80,8 +80,17 @@ class FlowerTransport:
             for ins in instructions
         ]
         replies = {}
-        for msg in self.grid.send_and_receive(messages, timeout=timeout_s):
-            client = by_node[msg.metadata.src_node_id]
+        received = list(self.grid.send_and_receive(messages, timeout=timeout_s))
+        # Pushing sets each message's id. Error replies the SuperLink makes itself (e.g. the
+        # node went offline) come from the SuperLink's node id, so match on reply_to instead.
+        by_message = {m.metadata.message_id: by_node[m.metadata.dst_node_id] for m in messages}
+        for msg in received:
+            client = by_message.get(msg.metadata.reply_to_message_id) or by_node.get(
+                msg.metadata.src_node_id
+            )
+            if client is None:
+                log.warning("ignoring a reply to no message of this round: %s", msg.metadata)
+                continue
             if msg.has_error():
                 replies[client.node_id] = Reply(client, error=f"client error: {msg.error.reason}")
                 continue
