@@ -136,6 +136,17 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def online_nodes(dep: Deployment) -> int:
+    """SuperNodes the SuperLink reports online (`flwr supernode ls`)."""
+    import json
+
+    out = dep.flwr("supernode", "ls", "festa", "--format", "json")
+    if out.returncode != 0 or "{" not in out.stdout:
+        return 0
+    nodes = json.loads(out.stdout[out.stdout.index("{") :]).get("nodes", [])
+    return sum(1 for n in nodes if n.get("status") == "online")
+
+
 def make_certs(d: Path) -> Path:
     certs.init_ca(d)
     certs.issue_server_cert(d, "superlink")
@@ -197,6 +208,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             assert reg.returncode == 0, reg.stdout + reg.stderr
         for site, path in site_tomls.items():
             dep.start(site, festa("client", "start", "--site", str(path)))
+        wait_until(
+            lambda: online_nodes(dep) == len(SITES), 120, "three SuperNodes online", poll=1.0
+        )
         yield dep
     finally:
         dep.stop()
