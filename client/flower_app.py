@@ -34,13 +34,7 @@ def _site(cfg: FederationConfig, context: Context) -> SiteData:
     missing = [k for k in ("site-id", "task", "data-path") if k not in node]
     if missing:
         raise ValueError(f"node config lacks {missing}: start the SuperNode with --node-config")
-    return _deployed(
-        str(node["site-id"]),
-        str(node["task"]),
-        str(node["data-path"]),
-        cfg.model.image_size,
-        cfg.seed,
-    )
+    return _deployed(str(node["site-id"]), str(node["task"]), str(node["data-path"]), cfg.model.image_size, cfg.seed)
 
 
 @lru_cache(maxsize=4)
@@ -78,9 +72,7 @@ def _link(cfg: FederationConfig, config: dict, context: Context) -> RemoteBodyLi
     """The body-service stream; TLS pinned to the deployment CA when node config has `body-ca`."""
     ca = str(context.node_config.get("body-ca", "") or "")
     root = Path(ca).read_bytes() if ca else None
-    return RemoteBodyLink(
-        str(config["body-endpoint"]), str(config["token"]), wire_dtype=cfg.wire, tls_root_cert=root
-    )
+    return RemoteBodyLink(str(config["body-endpoint"]), str(config["token"]), wire_dtype=cfg.wire, tls_root_cert=root)
 
 
 @app.train()
@@ -104,7 +96,4 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg, site, model, config = _prepare(msg, context)
     with _link(cfg, config, context) as link:
         metrics = evaluate_site(cfg, site, model, link, int(config["round"]))
-    return Message(
-        RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()})}),
-        reply_to=msg,
-    )
+    return Message(RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()})}), reply_to=msg)
