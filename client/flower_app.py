@@ -11,6 +11,7 @@ from flwr.clientapp import ClientApp
 
 from client.body_client import RemoteBodyLink
 from client.local_training import evaluate_site, train_round
+from client.restored_data import with_scanner
 from client.site_data import SiteData, deployed_site, simulated_site
 from shared.config import FederationConfig
 from shared.train.task_model import TaskModel
@@ -29,11 +30,17 @@ def _parse(config_json: str) -> FederationConfig:
 def _site(cfg: FederationConfig, context: Context) -> SiteData:
     node = context.node_config
     if "partition-id" in node:  # simulation: one slice of the pooled data
-        return simulated_site(cfg, int(node["partition-id"]))
+        return _simulated(cfg.model_dump_json(), int(node["partition-id"]))
     missing = [k for k in ("site-id", "task", "data-path") if k not in node]
     if missing:
         raise ValueError(f"node config lacks {missing}: start the SuperNode with --node-config")
     return _deployed(str(node["site-id"]), str(node["task"]), str(node["data-path"]), cfg.model.image_size, cfg.seed)
+
+
+@lru_cache(maxsize=8)
+def _simulated(config_json: str, partition_id: int) -> SiteData:
+    cfg = _parse(config_json)
+    return with_scanner(cfg, simulated_site(cfg, partition_id), partition_id)
 
 
 @lru_cache(maxsize=4)
@@ -78,6 +85,7 @@ def train(msg: Message, context: Context) -> Message:
         metrics = train_round(cfg, site, model, link, int(config["round"]))
         metrics["bytes-sent"] = link.bytes_sent
         metrics["bytes-received"] = link.bytes_received
+    metrics.update({f"restoration-{k}": v for k, v in site.restoration.items()})
     content = RecordDict(
         {
             "weights": ArrayRecord(model.state_dict()),

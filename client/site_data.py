@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -25,6 +25,7 @@ class SiteData:
     train_indices: np.ndarray
     val: CXRDataset
     val_indices: np.ndarray
+    restoration: dict[str, int] = field(default_factory=dict)  # restored/pending/quarantined counts
 
 
 @lru_cache(maxsize=4)

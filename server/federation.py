@@ -290,6 +290,11 @@ class Federation:
                 "bytes_received": int(report.bytes_out.get(node, 0)),
                 "seconds": reply.metrics.get("seconds"),
                 "dropped": dropped.get(reply.client.site_id),
+                "restoration": {
+                    k.removeprefix("restoration-"): int(v)
+                    for k, v in reply.metrics.items()
+                    if k.startswith("restoration-")
+                },
             }
         per_task: dict[str, dict[str, float]] = {}
         for task in self.cfg.tasks:
@@ -329,6 +334,12 @@ class Federation:
                 "record_client_round", r, c["node_id"], site, c["task"], c["num_examples"],
                 c["bytes_sent"], c["bytes_received"], c.get("val") or {}, c["dropped"],
             )
+            counts = c.get("restoration") or {}
+            if counts.get("degraded"):
+                self._store(
+                    "record_restoration", r, site, counts.get("restored", 0), counts.get("pending", 0),
+                    counts.get("quarantined", 0),
+                )
         secs = record["body"]["train_seconds"] or 1e-9
         self._store("record_body_throughput", r, record["body"]["tokens"] / secs, record["body"]["steps"])
         self._store("finish_round", r, record["seconds"])

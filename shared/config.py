@@ -196,7 +196,15 @@ class FederationConfig(FestaModel):
     body_host: str = "127.0.0.1"
     body_port: int = Field(0, ge=0, le=65535, description="0: any free port")
     body_endpoint: str = Field("", description="address clients dial; default host:bound port")
-    restore: Literal["none", "dps", "cddb", "cddb-deep", "blinddps"] = "none"
+    degrade: Literal["none", "site"] = Field(
+        "site", description="site: odd-numbered simulated sites get a degraded scanner"
+    )
+    restore: Literal["none", "dps", "cddb", "cddb-deep", "blinddps"] = Field(
+        "cddb", description="restoration method degraded sites run before training"
+    )
+    restore_nfe: int | None = Field(10, ge=1, description="network evaluations per image")
+    restore_model_dir: str = Field("", description="priors/bridges folder; empty: the committed phantom64 weights")
+    restore_cache: str = Field("runs/.restore-cache", description="restored images cached by content hash")
     fault: FaultInjection = FaultInjection()
 
     @model_validator(mode="after")

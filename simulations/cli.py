@@ -28,7 +28,9 @@ def simulate(
     wire: Annotated[Optional[str], typer.Option(help="fp32 | fp16 | bf16 | int8")] = None,
     permute: Annotated[Optional[bool], typer.Option("--permute/--no-permute", help="p-FeSTA token shuffling")] = None,
     mode: Annotated[Optional[str], typer.Option(help="sync | async body steps")] = None,
-    restore: Annotated[Optional[str], typer.Option(help="none | dps | cddb | blinddps")] = None,
+    degrade: Annotated[Optional[str], typer.Option(help="none | site: odd-numbered sites get a degraded scanner")] = None,
+    restore: Annotated[Optional[str], typer.Option(help="none | dps | cddb | cddb-deep | blinddps: restore degraded sites")] = None,
+    restore_nfe: Annotated[Optional[int], typer.Option(help="restoration network evaluations per image")] = None,
     preset: Annotated[str, typer.Option(help="model size: tiny or base")] = "tiny",
     seed: Annotated[Optional[int], typer.Option(help="random seed")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda")] = None,
@@ -42,7 +44,8 @@ def simulate(
             k: v
             for k, v in dict(
                 clients=clients, partition=partition, rounds=rounds, local_steps=local_steps, wire=wire,
-                permute=permute, mode=mode, restore=restore, seed=seed, device=device,
+                permute=permute, mode=mode, degrade=degrade, restore=restore, restore_nfe=restore_nfe,
+                seed=seed, device=device,
             ).items()
             if v is not None
         }

@@ -24,6 +24,8 @@ local_steps = 6
 tasks = ["classification", "segmentation"]
 partition = "dirichlet:1.0"
 seed = 3
+degrade = "none"
+restore = "none"
 [model]
 image_size = 32
 patch_size = 8
