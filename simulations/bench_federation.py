@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     work = args.work or Path(tempfile.mkdtemp(prefix="festa-bench-"))
-    base = FederationConfig(rounds=args.rounds)
+    base = FederationConfig(rounds=args.rounds, degrade="none", restore="none")
     command = "python -m simulations.bench_federation " + " ".join(sys.argv[1:] if argv is None else argv)
     machine = machine_line()
     festa_fp32 = None
