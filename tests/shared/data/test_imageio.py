@@ -1,0 +1,212 @@
+"""read_image / read_dicom_meta on real files: PNGs and JPEGs we write, the real cxr-open DICOM,
+a photometric variant derived from it, and broken files."""
+
+from __future__ import annotations
+
+import io
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from shared.data.imageio import ImageReadError, is_dicom, read_dicom_meta, read_image
+
+
+@pytest.fixture(scope="module")
+def real_dicom(cxr_open_dir: Path) -> Path:
+    return cxr_open_dir / "dicom" / "RG1_UNCR.dcm"
+
+
+def _ramp(h: int = 32, w: int = 48) -> np.ndarray:
+    return np.linspace(0.0, 1.0, h * w, dtype=np.float64).reshape(h, w)
+
+
+def test_8bit_png_reads_to_unit_range(tmp_path: Path) -> None:
+    pixels = (_ramp() * 255).round().astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    image = read_image(tmp_path / "a.png")
+    assert image.dtype == np.float32 and image.shape == (32, 48)
+    np.testing.assert_allclose(image, pixels / 255.0, atol=1e-6)
+
+
+def test_16bit_png_keeps_full_precision(tmp_path: Path) -> None:
+    pixels = (_ramp() * 65535).round().astype(np.uint16)
+    Image.fromarray(pixels).save(tmp_path / "a16.png")
+    image = read_image(tmp_path / "a16.png")
+    np.testing.assert_allclose(image, pixels / 65535.0, atol=1e-6)
+    # distinct 16-bit levels survive, which an 8-bit path would collapse
+    assert len(np.unique(image)) > 256
+
+
+def test_rgb_png_and_jpeg_become_gray(tmp_path: Path) -> None:
+    gray = (_ramp() * 255).round().astype(np.uint8)
+    rgb = np.stack([gray, gray, gray], axis=-1)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    Image.fromarray(rgb).save(tmp_path / "rgb.jpg", quality=95)
+    Image.fromarray(np.dstack([rgb, np.full_like(gray, 255)])).save(tmp_path / "rgba.png")
+    for name in ("rgb.png", "rgba.png"):
+        image = read_image(tmp_path / name)
+        assert image.shape == (32, 48)
+        np.testing.assert_allclose(image, gray / 255.0, atol=1 / 255 + 1e-6)
+    jpeg = read_image(tmp_path / "rgb.jpg")
+    assert jpeg.shape == (32, 48)
+    assert np.abs(jpeg - gray / 255.0).mean() < 0.02
+
+
+def test_real_dicom_is_monochrome1_inverted_and_windowed(real_dicom: Path) -> None:
+    ds = pydicom.dcmread(real_dicom)
+    assert ds.PhotometricInterpretation == "MONOCHROME1"
+    image = read_image(real_dicom)
+    assert image.shape == (int(ds.Rows), int(ds.Columns))
+    assert image.dtype == np.float32
+    assert 0.0 <= image.min() and image.max() <= 1.0
+    # MONOCHROME1: high stored value = dark display, so the brightest stored pixel reads darkest
+    stored = ds.pixel_array
+    assert image.flat[stored.argmax()] == pytest.approx(image.min(), abs=1e-6)
+    assert image.flat[stored.argmin()] == pytest.approx(image.max(), abs=1e-6)
+    # the window (centre/width) is honoured: stored value v maps to 1 - (v - c') / w' + ... linear
+    c, w = float(ds.WindowCenter) - 0.5, float(ds.WindowWidth) - 1
+    v = float(stored.flat[0])
+    expected = 1.0 - np.clip((v - c) / w + 0.5, 0.0, 1.0)
+    assert image.flat[0] == pytest.approx(expected, abs=1e-5)
+
+
+def test_monochrome2_variant_reads_the_same_anatomy(real_dicom: Path, tmp_path: Path) -> None:
+    """Inverting the stored pixels and flagging MONOCHROME2 must give the same display image."""
+    ds = pydicom.dcmread(real_dicom)
+    max_stored = 2 ** int(ds.BitsStored) - 1
+    inverted = (max_stored - ds.pixel_array.astype(np.int32)).astype(np.uint16)
+    ds.PixelData = inverted.tobytes()
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.WindowCenter = max_stored - float(ds.WindowCenter) + 1  # mirror the window too
+    variant = tmp_path / "mono2.dcm"
+    ds.save_as(variant, enforce_file_format=True)
+    original = read_image(real_dicom)
+    mirrored = read_image(variant)
+    assert np.abs(original - mirrored).max() < 2e-4
+
+
+def test_dicom_rescale_slope_intercept_is_applied(real_dicom: Path, tmp_path: Path) -> None:
+    ds = pydicom.dcmread(real_dicom)
+    for tag in ("WindowCenter", "WindowWidth"):
+        del ds[tag]
+    ds.RescaleSlope = 2.0
+    ds.RescaleIntercept = -100.0
+    path = tmp_path / "rescaled.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    image = read_image(path)
+    # without a window the modality values are min-max scaled, then MONOCHROME1 inverted
+    values = ds.pixel_array.astype(np.float64) * 2.0 - 100.0
+    expected = 1.0 - (values - values.min()) / (values.max() - values.min())
+    np.testing.assert_allclose(image, expected, atol=1e-5)
+    meta = read_dicom_meta(path)
+    assert meta["rescale_slope"] == 2.0 and meta["rescale_intercept"] == -100.0
+
+
+def test_dicom_meta_has_technical_fields_and_no_identity(real_dicom: Path) -> None:
+    ds = pydicom.dcmread(real_dicom, stop_before_pixels=True)
+    meta = read_dicom_meta(real_dicom)
+    assert meta["photometric_interpretation"] == "MONOCHROME1"
+    assert meta["bits_stored"] == int(ds.BitsStored)
+    assert meta["rows"] == int(ds.Rows) and meta["columns"] == int(ds.Columns)
+    assert "pixel_spacing" in meta
+    text = json.dumps(meta)  # JSON-ready
+    for identifying in (str(ds.PatientName), str(ds.PatientID)):
+        assert identifying and identifying not in text
+    assert is_dicom(real_dicom)
+
+
+def _expect(path: Path, kind: str) -> ImageReadError:
+    with pytest.raises(ImageReadError) as info:
+        read_image(path)
+    assert info.value.kind == kind, info.value.reason
+    assert info.value.path == path and info.value.reason
+    return info.value
+
+
+def test_broken_files_raise_typed_errors(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    _expect(empty, "zero_bytes")
+
+    text = tmp_path / "notes.png"
+    text.write_text("this is not a radiograph\n" * 20)
+    _expect(text, "not_an_image")
+
+    buf = io.BytesIO()
+    Image.fromarray((_ramp(64, 64) * 255).astype(np.uint8)).save(buf, format="PNG")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    _expect(truncated, "truncated")
+
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(buf, format="JPEG")
+    jpeg = tmp_path / "truncated.jpg"
+    jpeg.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    _expect(jpeg, "truncated")
+
+    onebit = tmp_path / "onebit.png"
+    Image.fromarray(_ramp() > 0.5).save(onebit)
+    _expect(onebit, "unsupported_depth")
+
+    gif = tmp_path / "anim.gif"
+    Image.fromarray((_ramp() * 255).astype(np.uint8)).save(gif)
+    _expect(gif, "unsupported_format")
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    body = kind + data
+    return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+
+
+def _png_header_only(side: int) -> bytes:
+    """A valid PNG claiming `side` x `side` 8-bit gray pixels over a tiny compressed body."""
+    ihdr = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
+    idat = zlib.compress(b"\x00" * 1024)
+    chunks = _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_header_only(20000))  # over the side limit
+    _expect(bomb, "too_large")
+    bomb.write_bytes(_png_header_only(12000))  # under the side limit, over the pixel budget
+    _expect(bomb, "too_large")
+
+
+def test_broken_dicoms_raise_typed_errors(real_dicom: Path, tmp_path: Path) -> None:
+    ds = pydicom.dcmread(real_dicom)
+    del ds.PixelData
+    no_pixels = tmp_path / "nopixels.dcm"
+    ds.save_as(no_pixels, enforce_file_format=True)
+    _expect(no_pixels, "no_pixel_data")
+
+    raw = real_dicom.read_bytes()
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(raw[: len(raw) // 2])
+    _expect(truncated, "truncated")
+
+    ds = pydicom.dcmread(real_dicom)
+    ds.BitsAllocated = 32
+    odd_depth = tmp_path / "depth32.dcm"
+    ds.save_as(odd_depth, enforce_file_format=True)
+    _expect(odd_depth, "unsupported_depth")
+
+    ds = pydicom.dcmread(real_dicom)
+    ds.Rows = 20000
+    huge = tmp_path / "huge.dcm"
+    ds.save_as(huge, enforce_file_format=True)
+    _expect(huge, "too_large")
+
+
+def test_original_file_is_untouched(real_dicom: Path, tmp_path: Path) -> None:
+    before = real_dicom.read_bytes()
+    read_image(real_dicom)
+    read_dicom_meta(real_dicom)
+    assert real_dicom.read_bytes() == before
