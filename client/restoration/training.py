@@ -158,8 +158,8 @@ def train_loop(
             while step < cfg.steps:
                 batch = sample(cfg.batch, rng, gen)
                 loss = loss_fn(model, batch, gen)
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(f"{desc}: loss is {loss.item()} at step {step + 1}")
+                if not torch.isfinite(loss):
+                    raise TrainingDivergedError(f"{desc}: loss {loss.item()} at step {step + 1}")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
