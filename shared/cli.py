@@ -34,7 +34,11 @@ def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every service event")] = False,
 ) -> None:
     """Federated split learning for chest X-ray AI, with on-site diffusion restoration."""
-    logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
+    level = logging.INFO if verbose else logging.WARNING
+    root = logging.getLogger()
+    root.setLevel(level)
+    for handler in root.handlers:  # libraries (Flower) set their own logger levels; filter here
+        handler.setLevel(level)
 
 TASK_NAMES = ("classification", "segmentation", "detection")
 
