@@ -62,7 +62,9 @@ def train_round(
         losses.append(result.loss)
         examples += result.num_examples
     return {
-        "num-examples": examples,
+        # FedAvg weighs a client by its dataset size, not by how often it looped over it.
+        "num-examples": int(len(site.train_indices)),
+        "examples-seen": examples,
         "train-loss": float(np.mean(losses)),
         "train-loss-last": losses[-1],
         "steps": cfg.local_steps,

@@ -43,10 +43,20 @@ def federation_plan(cfg: FederationConfig) -> tuple[list[np.ndarray], list[str],
     pool = _pooled(data.source, data.train_split, cfg.model.image_size, data.train_size, cfg.seed)
     if cfg.partition == "natural":
         parts, names = natural(pool.sites)
+        tasks = assign_tasks(len(parts), cfg.tasks)
     else:
-        parts = partition(cfg.partition, pool.labels, pool.sites, cfg.clients, cfg.seed)
+        # Each task group gets a disjoint random share of the pool, then the skew is applied
+        # among that group's clients: non-IID within every task, yet every task sees every class.
+        tasks = assign_tasks(cfg.clients, cfg.tasks)
+        shares = np.array_split(np.random.default_rng(cfg.seed).permutation(len(pool)), len(cfg.tasks))
+        parts = [np.empty(0, dtype=np.int64)] * cfg.clients
+        for t, task in enumerate(cfg.tasks):
+            members = [i for i, name in enumerate(tasks) if name == task]
+            share = np.sort(shares[t])
+            sub = partition(cfg.partition, pool.labels[share], [pool.sites[i] for i in share], len(members), cfg.seed + t)
+            for client, idx in zip(members, sub, strict=True):
+                parts[client] = share[idx]
         names = [f"client-{i}" for i in range(len(parts))]
-    tasks = assign_tasks(len(parts), cfg.tasks)
     table, rows = partition_table(parts, pool.labels, pool.class_names, tasks, names)
     return parts, names, tasks, table, rows
 

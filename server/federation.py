@@ -285,6 +285,7 @@ class Federation:
                 "node_id": node,
                 "task": reply.client.task,
                 "num_examples": int(reply.metrics.get("num-examples", 0)),
+                "examples_seen": int(reply.metrics.get("examples-seen", 0)),
                 "train_loss": reply.metrics.get("train-loss"),
                 "bytes_sent": int(report.bytes_in.get(node, 0)),
                 "bytes_received": int(report.bytes_out.get(node, 0)),

@@ -78,7 +78,9 @@ def run_baseline(cfg: FederationConfig, kind: str) -> dict[str, Any]:
     sites = {s.site_id: s for s in (simulated_site(cfg, i) for i in range(cfg.clients))}
     models = {name: FullModel(site.task, cfg).to(cfg.device) for name, site in sites.items()}
     for r in range(1, cfg.rounds + 1):
-        examples = {name: _train(models[name], cfg, site, r) for name, site in sites.items()}
+        for name, site in sites.items():
+            _train(models[name], cfg, site, r)
+        examples = {name: len(site.train_indices) for name, site in sites.items()}
         if kind == "fedavg":
             for task in cfg.tasks:
                 group = [n for n, s in sites.items() if s.task == task]

@@ -85,7 +85,7 @@ def bench_overhead(base: FederationConfig, work: Path, threads: int) -> list[lis
     cfg = base.model_copy(update={"clients": 3, "rounds": 2, "local_steps": 30, "partition": "iid",
                                   "schedule": ScheduleConfig(warmup_rounds=2, finetune_rounds=0)})
     s = simulate(cfg, work / "overhead")
-    examples = sum(c["num_examples"] for r in s["rounds_records"] for c in r["clients"].values())
+    examples = sum(c["examples_seen"] for r in s["rounds_records"] for c in r["clients"].values())
     train_s = sum(r["body"]["train_seconds"] for r in s["rounds_records"])
     fed_rate = examples / train_s
     from shared.train.central import train_central
