@@ -34,7 +34,13 @@ def _site(cfg: FederationConfig, context: Context) -> SiteData:
     missing = [k for k in ("site-id", "task", "data-path") if k not in node]
     if missing:
         raise ValueError(f"node config lacks {missing}: start the SuperNode with --node-config")
-    return _deployed(str(node["site-id"]), str(node["task"]), str(node["data-path"]), cfg.model.image_size, cfg.seed)
+    return _deployed(
+        str(node["site-id"]),
+        str(node["task"]),
+        str(node["data-path"]),
+        cfg.model.image_size,
+        cfg.seed,
+    )
 
 
 @lru_cache(maxsize=8)
@@ -100,4 +106,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg, site, model, config = _prepare(msg, context)
     with _link(cfg, config) as link:
         metrics = evaluate_site(cfg, site, model, link, int(config["round"]))
-    return Message(RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()})}), reply_to=msg)
+    return Message(
+        RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()})}),
+        reply_to=msg,
+    )

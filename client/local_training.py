@@ -37,7 +37,9 @@ def train_round(
     seed = round_seed(cfg.seed, round_number, site.site_id)
     torch.manual_seed(seed)
     loader = make_loader(site.train, site.train_indices, cfg.optim.batch_size, True, seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
+    )
     perm_gen = torch.Generator().manual_seed(seed)
     model.train(True)
     losses: list[float] = []
@@ -47,7 +49,9 @@ def train_round(
     fault = cfg.fault
     for step in range(cfg.local_steps):
         if fault.site == site.site_id and fault.round == round_number and step == fault.after_steps:
-            raise SimulatedFault(f"{site.site_id} failed on purpose in round {round_number} at step {step}")
+            raise SimulatedFault(
+                f"{site.site_id} failed on purpose in round {round_number} at step {step}"
+            )
         try:
             batch = next(batches)
         except StopIteration:

@@ -34,7 +34,9 @@ SCANNERS = (
     "noise:poisson:dose=200,read=0.01",  # low-dose acquisition
     "blur:gauss:sigma=2+noise:gauss:sigma=0.01",  # defocused detector
 )
-SOLVER_SPEC = {"blinddps": {"blur:gauss:sigma=2+noise:gauss:sigma=0.01": "blur:unknown+noise:gauss:sigma=0.01"}}
+SOLVER_SPEC = {
+    "blinddps": {"blur:gauss:sigma=2+noise:gauss:sigma=0.01": "blur:unknown+noise:gauss:sigma=0.01"}
+}
 
 
 def site_scanner(site_index: int) -> str | None:
@@ -75,7 +77,8 @@ def _restore(cfg: FederationConfig, acquired: np.ndarray, spec: str, counts: dic
     solver_spec = SOLVER_SPEC.get(cfg.restore, {}).get(spec, spec)
     model_dir = Path(cfg.restore_model_dir) if cfg.restore_model_dir else WEIGHTS
     key = hashlib.sha256(
-        acquired.tobytes() + json.dumps([cfg.restore, cfg.restore_nfe, solver_spec, str(model_dir), cfg.seed]).encode()
+        acquired.tobytes()
+        + json.dumps([cfg.restore, cfg.restore_nfe, solver_spec, str(model_dir), cfg.seed]).encode()
     ).hexdigest()[:24]
     cache = Path(cfg.restore_cache) / f"{key}.npz"
     if cache.exists():
@@ -91,7 +94,9 @@ def _restore(cfg: FederationConfig, acquired: np.ndarray, spec: str, counts: dic
     for start in range(0, len(acquired), batch):
         chunk = range(start, min(start + batch, len(acquired)))
         try:
-            results = restorer.restore(acquired[chunk.start : chunk.stop], solver_spec, seed=cfg.seed + start)
+            results = restorer.restore(
+                acquired[chunk.start : chunk.stop], solver_spec, seed=cfg.seed + start
+            )
         except Exception as exc:  # retry one by one so one bad image does not sink its batch
             log.warning("restoring batch at %d failed (%s); retrying image by image", start, exc)
             results = []
@@ -99,7 +104,9 @@ def _restore(cfg: FederationConfig, acquired: np.ndarray, spec: str, counts: dic
                 try:
                     results += restorer.restore(acquired[i : i + 1], solver_spec, seed=cfg.seed + i)
                 except Exception as one_exc:
-                    log.warning("image %d not restored, training on the acquisition: %s", i, one_exc)
+                    log.warning(
+                        "image %d not restored, training on the acquisition: %s", i, one_exc
+                    )
                     results.append(None)
         for i, res in zip(chunk, results, strict=True):
             if res is None or not np.isfinite(res.image).all():

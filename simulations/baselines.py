@@ -39,7 +39,9 @@ def _train(model: FullModel, cfg: FederationConfig, site: SiteData, r: int) -> i
     seed = round_seed(cfg.seed, r, site.site_id)
     torch.manual_seed(seed)
     loader = make_loader(site.train, site.train_indices, cfg.optim.batch_size, True, seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
+    )
     batches, seen = iter(loader), 0
     for _ in range(cfg.local_steps):
         try:
@@ -56,7 +58,9 @@ def _train(model: FullModel, cfg: FederationConfig, site: SiteData, r: int) -> i
     return seen
 
 
-def _evaluate(models: dict[str, FullModel], sites: dict[str, SiteData], cfg: FederationConfig) -> dict[str, dict[str, float]]:
+def _evaluate(
+    models: dict[str, FullModel], sites: dict[str, SiteData], cfg: FederationConfig
+) -> dict[str, dict[str, float]]:
     per_task: dict[str, dict[str, float]] = {}
     for task in cfg.tasks:
         group = [(name, s) for name, s in sites.items() if s.task == task and len(s.val_indices)]
@@ -67,7 +71,10 @@ def _evaluate(models: dict[str, FullModel], sites: dict[str, SiteData], cfg: Fed
             results.append(evaluate(model.parts, loader, model.body, cfg.model, cfg.device))
             weights.append(len(site.val_indices))
         keys = set.intersection(*(set(r) for r in results)) if results else set()
-        per_task[task] = {k: sum(r[k] * w for r, w in zip(results, weights, strict=True)) / sum(weights) for k in keys}
+        per_task[task] = {
+            k: sum(r[k] * w for r, w in zip(results, weights, strict=True)) / sum(weights)
+            for k in keys
+        }
     return per_task
 
 
@@ -90,4 +97,8 @@ def run_baseline(cfg: FederationConfig, kind: str) -> dict[str, Any]:
     params = sum(p.numel() for p in next(iter(models.values())).parameters())
     # FedAvg moves the whole fp32 model down and up once per round; local-only moves nothing.
     traffic = 2 * 4 * params if kind == "fedavg" else 0
-    return {"final": _evaluate(models, sites, cfg), "bytes_per_client_round": traffic, "params": params}
+    return {
+        "final": _evaluate(models, sites, cfg),
+        "bytes_per_client_round": traffic,
+        "params": params,
+    }

@@ -25,13 +25,17 @@ def test_clean_sites_and_degraded_sites():
     assert degraded.restoration == {"restored": 0, "pending": 0, "quarantined": 0, "degraded": 6}
     for k in range(6):
         assert not torch.equal(degraded.train[k]["image"], pool[k]["image"])
-        assert degraded.train[k]["provenance"] is None and degraded.train[k]["acquisition"] == site_scanner(1)
+        assert degraded.train[k]["provenance"] is None and degraded.train[k][
+            "acquisition"
+        ] == site_scanner(1)
 
 
 def test_restoration_keeps_originals_records_provenance_and_caches(tmp_path):
     site, pool = _site()
     before = [s["image"].clone() for s in pool.samples]
-    cfg = FederationConfig(degrade="site", restore="cddb", restore_nfe=2, restore_cache=str(tmp_path))
+    cfg = FederationConfig(
+        degrade="site", restore="cddb", restore_nfe=2, restore_cache=str(tmp_path)
+    )
     acquired = with_scanner(cfg.model_copy(update={"restore": "none"}), site, 1)
     restored = with_scanner(cfg, site, 1)
 
@@ -44,5 +48,8 @@ def test_restoration_keeps_originals_records_provenance_and_caches(tmp_path):
     assert all(torch.equal(a, s["image"]) for a, s in zip(before, pool.samples, strict=True))
     # A second run reads the cache: same images, same counts, one cache file.
     again = with_scanner(cfg, site, 1)
-    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(again.train.samples, restored.train.samples, strict=True))
+    assert all(
+        torch.equal(a["image"], b["image"])
+        for a, b in zip(again.train.samples, restored.train.samples, strict=True)
+    )
     assert len(list(tmp_path.glob("*.npz"))) == 1

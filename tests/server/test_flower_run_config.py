@@ -22,16 +22,22 @@ def _flatten(table, prefix=""):
 
 
 def test_pyproject_defaults_give_the_simulate_defaults():
-    app_config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    app_config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"][
+        "config"
+    ]
     cfg, extras = config_from_run_config(_flatten(app_config))
     default = FederationConfig()
-    assert cfg.model == default.model and cfg.tasks == default.tasks and cfg.rounds == default.rounds
+    assert (
+        cfg.model == default.model and cfg.tasks == default.tasks and cfg.rounds == default.rounds
+    )
     assert cfg.clients == default.clients and cfg.partition == default.partition
     assert extras["preset"] == "tiny"
 
 
 def test_nested_and_dashed_keys_and_clear_errors():
-    cfg, _ = config_from_run_config({"model.depth": 2, "local-steps": 3, "tasks": "segmentation", "clients": 2})
+    cfg, _ = config_from_run_config(
+        {"model.depth": 2, "local-steps": 3, "tasks": "segmentation", "clients": 2}
+    )
     assert cfg.model.depth == 2 and cfg.local_steps == 3 and cfg.tasks == ["segmentation"]
     with pytest.raises(ConfigError, match="rounds"):
         config_from_run_config({"rounds": 0})

@@ -39,9 +39,23 @@ def test_console_shows_what_a_simulation_recorded(browser, page_checks, tmp_path
     (tmp_path / "cfg.toml").write_text(CONFIG)
     store_path = tmp_path / "festa.db"
     result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "simulate", "--config", str(tmp_path / "cfg.toml"),
-         "--out", str(tmp_path / "run"), "--store", str(store_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=400, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "simulate",
+            "--config",
+            str(tmp_path / "cfg.toml"),
+            "--out",
+            str(tmp_path / "run"),
+            "--store",
+            str(store_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
