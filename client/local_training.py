@@ -12,7 +12,7 @@ from client.site_data import SiteData
 from shared.config import FederationConfig
 from shared.model.permutation import TokenPermutation
 from shared.model.split import BodyLink, split_train_step
-from shared.train.task_model import TaskModel, evaluate, make_loader, to_device
+from shared.train.task_model import TaskModel, cycle_batches, evaluate, make_loader, to_device
 
 
 class SimulatedFault(RuntimeError):
@@ -45,18 +45,12 @@ def train_round(
     losses: list[float] = []
     examples = 0
     started = time.perf_counter()
-    batches = iter(loader)
     fault = cfg.fault
-    for step in range(cfg.local_steps):
+    for step, batch in enumerate(cycle_batches(loader, cfg.local_steps)):
         if fault.site == site.site_id and fault.round == round_number and step == fault.after_steps:
             raise SimulatedFault(
                 f"{site.site_id} failed on purpose in round {round_number} at step {step}"
             )
-        try:
-            batch = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            batch = next(batches)
         batch = to_device(batch, cfg.device)
         optimizer.zero_grad(set_to_none=True)
         result = split_train_step(

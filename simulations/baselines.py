@@ -20,7 +20,7 @@ from client.site_data import SiteData, simulated_site
 from shared.config import FederationConfig
 from shared.fedavg import fedavg
 from shared.model.body import Body
-from shared.train.task_model import TaskModel, evaluate, make_loader, to_device
+from shared.train.task_model import TaskModel, cycle_batches, evaluate, make_loader, to_device
 
 
 class FullModel(nn.Module):
@@ -42,13 +42,8 @@ def _train(model: FullModel, cfg: FederationConfig, site: SiteData, r: int) -> i
     opt = torch.optim.AdamW(
         model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
     )
-    batches, seen = iter(loader), 0
-    for _ in range(cfg.local_steps):
-        try:
-            batch = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            batch = next(batches)
+    seen = 0
+    for batch in cycle_batches(loader, cfg.local_steps):
         batch = to_device(batch, cfg.device)
         loss = model.parts.task.loss(model.tail(model.body(model.head(batch["image"]))), batch)
         opt.zero_grad()
