@@ -26,9 +26,9 @@ NOISE_FLOOR = 0.01
 
 DOSE_GRID = (125, 250, 500, 1000, 2000, 4000, 8000, 16000)
 # (blur sigma, ratio) calibration tables, ratio decreasing with sigma
-FINE_TABLE = ((0.0, 0.37), (1.0, 0.29), (1.5, 0.28), (2.0, 0.265))
-COARSE_TABLE = ((0.0, 0.40), (1.0, 0.34), (1.5, 0.31), (2.0, 0.28), (3.0, 0.27))
-BLUR_PRESENT_SIGMA = 1.0
+FINE_TABLE = ((0.0, 0.106), (1.0, 0.074), (2.0, 0.066), (3.0, 0.062))
+COARSE_TABLE = ((0.0, 0.123), (1.0, 0.093), (2.0, 0.070), (3.0, 0.062))
+BLUR_PRESENT_SIGMA = 0.75
 
 
 @dataclass(frozen=True)
@@ -97,15 +97,15 @@ def noise_level(image: np.ndarray, bins: int = 6) -> tuple[float, float | None, 
     return sigma, dose, read
 
 
-def _edge_ratio(image: np.ndarray, noise_sigma: float, fine: bool) -> float:
-    """Ratio of 99th-percentile Haar detail magnitudes, finer over coarser level."""
-    levels = []
+def _band_ratio(image: np.ndarray, noise_sigma: float, fine: bool) -> float:
+    """Mean detail energy of a finer Haar level over the next coarser one, noise subtracted."""
+    energies = []
     approx = image.astype(np.float64)
     for _ in range(3):
         approx, dh, dv, dd = _haar(approx)
-        magnitude = np.sqrt(dh**2 + dv**2 + dd**2)
-        levels.append(np.sqrt(max(np.percentile(magnitude, 99) ** 2 - 3 * noise_sigma**2, 1e-12)))
-    return levels[0] / levels[1] if fine else levels[1] / levels[2]
+        energy = float(np.mean(np.concatenate([dh.ravel(), dv.ravel(), dd.ravel()]) ** 2))
+        energies.append(max(energy - noise_sigma**2, 1e-12))
+    return energies[0] / energies[1] if fine else energies[1] / energies[2]
 
 
 def _sigma_from_ratio(ratio: float, table: tuple[tuple[float, float], ...]) -> float:
@@ -129,7 +129,7 @@ def estimate(image: np.ndarray) -> AutoEstimate:
     sigma, dose, read = noise_level(image)
     noisy = sigma >= NOISE_FLOOR
     fine = sigma < NOISE_FLOOR
-    ratio = _edge_ratio(image, sigma, fine=fine)
+    ratio = _band_ratio(image, sigma, fine=fine)
     blur_sigma = _sigma_from_ratio(ratio, FINE_TABLE if fine else COARSE_TABLE)
     blurred = blur_sigma >= BLUR_PRESENT_SIGMA
     noise_term = ""

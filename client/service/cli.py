@@ -6,6 +6,7 @@ module's own `app` (with `python -m client.service.cli serve --site ...`) serves
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
@@ -30,6 +31,19 @@ def _setup_logging(log_file: Path) -> None:
     for handler in (logging.FileHandler(log_file), logging.StreamHandler(sys.stderr)):
         handler.setFormatter(fmt)
         logger.addHandler(handler)
+
+
+def _uvicorn_server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn without its own signal handling: `serve` stops worker and server together."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):  # type: ignore[override]
+            yield
+
+    return Server
 
 
 def serve(
@@ -61,9 +75,7 @@ def serve(
 
     from client.service.api import create_app
 
-    worker = threading.Thread(target=service.run, args=(stop,), name="restore-worker", daemon=True)
-    worker.start()
-    server = uvicorn.Server(
+    server = _uvicorn_server_class()(
         uvicorn.Config(
             create_app(service),
             host=config.http.host,
@@ -72,11 +84,22 @@ def serve(
             access_log=False,  # request URLs may carry file names; keep them out of logs
         )
     )
+
+    def shutdown(*_: object) -> None:
+        stop.set()
+        server.should_exit = True
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, shutdown)
+    worker = threading.Thread(target=service.run, args=(stop,), name="restore-worker", daemon=True)
+    worker.start()
     try:
         server.run()
     finally:
         stop.set()
         worker.join(timeout=600)
+    if server.started is False:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
