@@ -1,0 +1,10 @@
+"""The task registry: each task is one module with its head, tail, loss, metrics and labels.
+
+Importing this package registers the built-in tasks. A new task is a new module that
+decorates a `Task` subclass with `@register_task("name")`; the body and the transport never change.
+"""
+
+from shared.tasks.base import TASKS, MetricAccumulator, Task, get_task, register_task
+from shared.tasks import classification, detection, segmentation  # noqa: F401  (registers them)
+
+__all__ = ["TASKS", "MetricAccumulator", "Task", "get_task", "register_task"]

@@ -1,0 +1,132 @@
+"""Box detection (lungs, lesions) with an anchor-free, one-cell-per-object head; mAP@0.5.
+
+Each token of the patch grid predicts, for every box class, an objectness score and a box:
+the offset of the box centre inside that cell and the box width and height. The cell that
+holds a ground-truth box's centre is that box's only positive (CenterNet-style assignment).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import batched_nms, sigmoid_focal_loss
+
+from shared.config import ModelConfig
+from shared.tasks.average_precision import mean_average_precision
+from shared.tasks.base import Batch, Task, register_task, tokens_to_grid
+
+
+class DetectionTail(nn.Module):
+    """tokens `[B, N, D]` -> `{"logits": [B, C, g, g], "boxes": [B, 4, g, g]}` (raw regressions)."""
+
+    def __init__(self, config: ModelConfig, width: int = 96):
+        super().__init__()
+        self.norm = nn.LayerNorm(config.embed_dim)
+        self.trunk = nn.Sequential(
+            nn.Conv2d(config.embed_dim, width, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.GELU(),
+        )
+        self.cls = nn.Conv2d(width, config.num_box_classes, 1)
+        self.reg = nn.Conv2d(width, 4 * config.num_box_classes, 1)
+        nn.init.constant_(self.cls.bias, -4.0)  # start from "no object" everywhere
+
+    def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.trunk(tokens_to_grid(self.norm(tokens)))
+        return {"logits": self.cls(x), "boxes": self.reg(x)}
+
+
+def encode_targets(
+    boxes: list[torch.Tensor], labels: list[torch.Tensor], num_classes: int, grid: int, cell: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ground truth -> (objectness `[B, C, g, g]`, regression `[B, C, 4, g, g]`, positive mask)."""
+    b = len(boxes)
+    obj = torch.zeros(b, num_classes, grid, grid)
+    reg = torch.zeros(b, num_classes, 4, grid, grid)
+    for i, (bx, lb) in enumerate(zip(boxes, labels, strict=True)):
+        for box, c in zip(bx.tolist(), lb.tolist(), strict=True):
+            cx, cy = (box[0] + box[2]) / 2 / cell, (box[1] + box[3]) / 2 / cell
+            gx, gy = min(int(cx), grid - 1), min(int(cy), grid - 1)
+            w, h = max(box[2] - box[0], 1.0) / cell, max(box[3] - box[1], 1.0) / cell
+            obj[i, c, gy, gx] = 1.0
+            reg[i, c, :, gy, gx] = torch.tensor([cx - gx, cy - gy, np.log(w), np.log(h)])
+    return obj, reg, obj.bool()
+
+
+def decode(
+    outputs: dict[str, torch.Tensor], cell: float, score_threshold: float = 0.05, top_k: int = 20
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Raw tail outputs -> per image (boxes `[M, 4]` px, scores `[M]`, labels `[M]`) after NMS."""
+    logits = outputs["logits"].detach().float()
+    b, c, g, _ = logits.shape
+    reg = outputs["boxes"].detach().float().reshape(b, c, 4, g, g)
+    ys, xs = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
+    cx = (xs + torch.sigmoid(reg[:, :, 0])) * cell
+    cy = (ys + torch.sigmoid(reg[:, :, 1])) * cell
+    w = torch.exp(reg[:, :, 2].clamp(max=6)) * cell
+    h = torch.exp(reg[:, :, 3].clamp(max=6)) * cell
+    all_boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+    scores = torch.sigmoid(logits)
+    results = []
+    for i in range(b):
+        sc = scores[i].flatten()
+        bx = all_boxes[i].reshape(-1, 4)
+        lb = torch.arange(c).repeat_interleave(g * g)
+        keep = sc >= score_threshold
+        sc, bx, lb = sc[keep], bx[keep], lb[keep]
+        keep = batched_nms(bx, sc, lb, 0.5)[:top_k]
+        results.append((bx[keep].numpy(), sc[keep].numpy(), lb[keep].numpy()))
+    return results
+
+
+class DetectionMetric:
+    def __init__(self, config: ModelConfig):
+        self.cell = float(config.patch_size)
+        self.predictions: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.ground_truth: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def update(self, outputs: dict[str, torch.Tensor], batch: Batch) -> None:
+        self.predictions += decode({k: v.cpu() for k, v in outputs.items()}, self.cell)
+        self.ground_truth += [
+            (b.cpu().numpy(), lb.cpu().numpy())
+            for b, lb in zip(batch["boxes"], batch["box_labels"], strict=True)
+        ]
+
+    def compute(self) -> dict[str, float]:
+        if not self.ground_truth:
+            return {}
+        return mean_average_precision(self.predictions, self.ground_truth, 0.5)
+
+
+@register_task("detection")
+class Detection(Task):
+    primary_metric = "map50"
+
+    def build_tail(self, config: ModelConfig) -> nn.Module:
+        return DetectionTail(config)
+
+    def accepts(self, sample: dict[str, Any]) -> bool:
+        boxes = sample.get("boxes")
+        return boxes is not None and len(boxes) > 0
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        logits, raw = outputs["logits"], outputs["boxes"]
+        b, c, g, _ = logits.shape
+        cell = batch["image"].shape[-1] / g
+        obj, reg_t, pos = encode_targets(batch["boxes"], batch["box_labels"], c, g, cell)
+        obj, reg_t, pos = obj.to(logits.device), reg_t.to(logits.device), pos.to(logits.device)
+        num_pos = pos.sum().clamp(min=1)
+        cls_loss = sigmoid_focal_loss(logits, obj, reduction="sum") / num_pos
+        reg = raw.reshape(b, c, 4, g, g)
+        mask = pos.unsqueeze(2).expand_as(reg)
+        pred = torch.cat([torch.sigmoid(reg[:, :, :2]), reg[:, :, 2:]], dim=2)
+        reg_loss = F.smooth_l1_loss(pred[mask], reg_t[mask], reduction="sum", beta=0.1) / num_pos
+        return cls_loss + reg_loss
+
+    def new_metric(self, config: ModelConfig) -> DetectionMetric:
+        return DetectionMetric(config)

@@ -1,0 +1,1 @@
+"""Training loops that run without Flower: per-task model parts, evaluation, the central baseline."""
