@@ -73,18 +73,20 @@ def safe_name(name: str) -> str:
 
 
 def model_image_size(model_dir: Path) -> int:
-    """Side length the prior was trained at: `sample_size` of a diffusers config.json inside."""
-    for config in sorted(model_dir.rglob("config.json")):
+    """Side length the image prior (or else a CDDB bridge) was trained at, from its config."""
+    candidates = [model_dir / "prior" / "unet" / "config.json"]
+    candidates += sorted(model_dir.glob("bridges/*/unet/config.json"))
+    for config in candidates:
         try:
             size = json.loads(config.read_text()).get("sample_size")
         except (OSError, json.JSONDecodeError):
             continue
+        if isinstance(size, list) and size:
+            size = size[0]
         if isinstance(size, int):
             return size
-        if isinstance(size, list) and size and isinstance(size[0], int):
-            return size[0]
     raise ConfigError(
-        f"restore.model_dir {model_dir}: no config.json with sample_size found; "
+        f"restore.model_dir {model_dir}: no prior/unet/config.json or bridge with sample_size; "
         "set restore.image_size"
     )
 

@@ -31,8 +31,17 @@ from .conftest import (
     write_site,
 )
 
-ENGINE_KEYS = ("method", "degradation", "params", "model_id", "model_sha256", "seed", "nfe",
-               "residual", "seconds")
+ENGINE_KEYS = (
+    "method",
+    "degradation",
+    "params",
+    "model_id",
+    "model_sha256",
+    "seed",
+    "nfe",
+    "residual",
+    "seconds",
+)
 
 
 def _assert_complete_provenance(record: dict, sha: str, source_name: str) -> None:
@@ -48,7 +57,7 @@ def _assert_complete_provenance(record: dict, sha: str, source_name: str) -> Non
 
 @pytest.mark.slow
 def test_daemon_restores_good_files_quarantines_bad_ones_and_serves_the_api(
-    tmp_path: Path, model_dir: Path, cxr_open_dir: Path, daemon_factory
+    tmp_path: Path, model_dir: Path, image_size: int, cxr_open_dir: Path, daemon_factory
 ) -> None:
     port = free_port("127.0.0.2")
     toml = write_site(
@@ -74,8 +83,10 @@ def test_daemon_restores_good_files_quarantines_bad_ones_and_serves_the_api(
     state = tmp_path / "state"
     daemon.wait_for(
         "every input restored or quarantined",
-        lambda: len(journal_status(state)) == len(distinct)
-        and all(s in ("restored", "quarantined") for s in journal_status(state).values()),
+        lambda: (
+            len(journal_status(state)) == len(distinct)
+            and all(s in ("restored", "quarantined") for s in journal_status(state).values())
+        ),
         timeout=120,
     )
 
@@ -87,7 +98,7 @@ def test_daemon_restores_good_files_quarantines_bad_ones_and_serves_the_api(
             png, record = hit
             _assert_complete_provenance(record, sha256(path), path.name)
             with Image.open(png) as im:
-                assert im.mode == "I;16" and im.size == (64, 64)
+                assert im.mode == "I;16" and im.size == (image_size, image_size)
             assert record["restored_png_sha256"] == sha256(png)
         dicom_record = index.lookup(incoming / "RG1_UNCR.dcm")[1]
         assert dicom_record["input"]["format"] == "dicom"
@@ -107,7 +118,9 @@ def test_daemon_restores_good_files_quarantines_bad_ones_and_serves_the_api(
         assert reason["kind"] == kind, (name, reason)
         assert reason["reason"] and reason["input_sha256"] == sha
         assert (quarantine / f"{sha[:12]}-{name}").read_bytes() == (incoming / name).read_bytes()
-        assert (quarantine / f"{sha[:12]}-{name}.reason.txt").read_text().strip() == reason["reason"]
+        assert (quarantine / f"{sha[:12]}-{name}.reason.txt").read_text().strip() == reason[
+            "reason"
+        ]
     restored_files = sorted((tmp_path / "restored").iterdir())
     assert len(restored_files) == 2 * len(good)  # the duplicate was restored once
 
@@ -135,7 +148,9 @@ def test_daemon_restores_good_files_quarantines_bad_ones_and_serves_the_api(
     auth = {"X-API-Key": API_KEY}
     with httpx.Client(base_url=base, timeout=30) as client:
         assert client.get("/health").status_code == 401  # no key
-        assert client.get("/health", headers={"X-API-Key": "wrong-key-0123456789"}).status_code == 401
+        assert (
+            client.get("/health", headers={"X-API-Key": "wrong-key-0123456789"}).status_code == 401
+        )
         assert client.post("/jobs", content=b"x", headers={"X-API-Key": "nope"}).status_code == 401
         assert client.get("/health", headers=auth).json()["site"] == "test-site"
         assert "/jobs" in client.get("/openapi.json").json()["paths"]
@@ -157,10 +172,12 @@ def test_daemon_restores_good_files_quarantines_bad_ones_and_serves_the_api(
         assert client.get(f"/jobs/{job_id}", headers=auth).json()["status"] == "restored"
         image = client.get(f"/jobs/{job_id}/image", headers=auth)
         assert image.status_code == 200 and image.headers["content-type"] == "image/png"
-        assert Image.open(io.BytesIO(image.content)).size == (64, 64)
+        assert Image.open(io.BytesIO(image.content)).size == (image_size, image_size)
         record = client.get(f"/jobs/{job_id}/provenance", headers=auth).json()
         _assert_complete_provenance(record, job_id, "api.png")
-        assert record["restored_png_sha256"] == __import__("hashlib").sha256(image.content).hexdigest()
+        assert (
+            record["restored_png_sha256"] == __import__("hashlib").sha256(image.content).hexdigest()
+        )
 
         again = client.post("/jobs", params={"filename": "again.png"}, content=upload, headers=auth)
         assert again.json()["job_id"] == job_id and again.json()["duplicate"] is True
