@@ -48,6 +48,10 @@ PROVENANCE_KEYS = ("method", "degradation", "seed", "nfe", "residual", "seconds"
 
 
 class RestorerLike(Protocol):
+    """What the service needs of `client.restoration.api.Restorer`."""
+
+    def parse(self, degradation: str) -> Any: ...
+
     def restore(self, images: np.ndarray, degradation: str, seed: int = 0) -> list[Any]: ...
 
 
@@ -208,11 +212,15 @@ class SiteService:
             if png.exists() and _complete_provenance(prov):
                 self.journal.finish_restored(job.sha256, png, prov)
                 log.info("recovered %s: restored before the restart", job.sha256[:12])
-            elif reason.exists():
+                continue
+            if reason.exists():
                 record = json.loads(reason.read_text())
                 self.journal.finish_quarantined(job.sha256, copy, record["reason"], record["kind"])
                 log.info("recovered %s: quarantined before the restart", job.sha256[:12])
-            elif job.attempts >= self.config.restore.max_attempts:
+                continue
+            for uncommitted in (png, prov):  # a result without its provenance never counted
+                uncommitted.unlink(missing_ok=True)
+            if job.attempts >= self.config.restore.max_attempts:
                 self.quarantine(
                     job,
                     f"in flight {job.attempts} times when the service stopped; not retried",
@@ -315,15 +323,13 @@ class SiteService:
         return restored_input, record
 
     def warm_up(self) -> None:
-        """Check a fixed SPEC and build the restorer now, so a bad SPEC or model folder stops
-        the service at start-up instead of quarantining every image."""
+        """Build the restorer(s) now and check a fixed SPEC against the method, so a bad model
+        folder or SPEC stops the service at start-up instead of quarantining every image."""
         rc = self.config.restore
-        if rc.degradation != "auto":
-            from client.restoration.operators import parse_spec
-
-            parse_spec(rc.degradation)
         for method in ("dps", "blinddps") if rc.method == "auto" else (rc.method,):
-            self._restorer(method)
+            restorer = self._restorer(method)
+            if rc.degradation != "auto":
+                restorer.parse(rc.degradation)
 
     def _restorer(self, method: str) -> RestorerLike:
         if self._factory is None:

@@ -1,0 +1,147 @@
+"""The service in-process: config validation, duplicate intake, crash recovery from the journal,
+and the trainer's RestoredIndex."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from client.service.cli import app
+from client.service.config import load_site_config
+from client.service.daemon import SiteService
+from client.service.restored_index import RestoredIndex, RestoredIndexError
+from shared.config import ConfigError
+from shared.data.phantoms import phantom_images
+
+from .conftest import good_pngs, png_bytes, sha256, write_site
+
+
+def _edit(toml: Path, old: str, new: str) -> Path:
+    text = toml.read_text()
+    assert old in text
+    toml.write_text(text.replace(old, new))
+    return toml
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "named"),
+    [
+        ("batch_size = 4", "batch_size = 0", "restore.batch_size"),
+        ("batch_size = 4", "batch_sise = 4", "restore.batch_sise"),
+        ('method = "dps"', 'method = "auto"', "restore"),
+        (
+            'degradation = "noise:poisson:dose=2000,read=0.01"',
+            'degradation = "noise poisson"',
+            "restore.degradation",
+        ),
+        ('restored = "restored"', 'restored = "incoming"', "folders.restored"),
+        ('site_id = "test-site"', 'site_id = "bad site/../x"', "site_id"),
+    ],
+)
+def test_bad_site_config_names_the_key(tmp_path: Path, model_dir: Path, old, new, named) -> None:
+    toml = _edit(write_site(tmp_path, model_dir), old, new)
+    with pytest.raises(ConfigError) as info:
+        load_site_config(toml)
+    assert named in str(info.value)
+
+
+def test_api_key_is_required_beyond_loopback_only(tmp_path: Path, model_dir: Path) -> None:
+    for host in ("0.0.0.0", "10.1.2.3", "::"):
+        toml = write_site(tmp_path, model_dir, http={"host": host})
+        with pytest.raises(ConfigError, match="api_key"):
+            load_site_config(toml)
+    for host in ("127.0.0.1", "127.0.0.2", "localhost", "::1"):
+        assert (
+            load_site_config(write_site(tmp_path, model_dir, http={"host": host})).http.api_key
+            is None
+        )
+    keyed = write_site(tmp_path, model_dir, http={"host": "0.0.0.0", "api_key": "k" * 20})
+    assert load_site_config(keyed).http.api_key == "k" * 20
+
+
+def test_serve_refuses_a_spec_the_method_cannot_solve(tmp_path: Path, model_dir: Path) -> None:
+    toml = write_site(tmp_path, model_dir, degradation="blur:unknown")
+    result = CliRunner().invoke(app, ["serve", "--site", str(toml)])
+    assert result.exit_code == 2
+    assert "blinddps" in result.output
+    missing = CliRunner().invoke(app, ["serve", "--site", str(tmp_path / "nope.toml")])
+    assert missing.exit_code == 2 and "not found" in missing.output
+
+
+@pytest.fixture
+def service(tmp_path: Path, model_dir: Path) -> SiteService:
+    toml = write_site(tmp_path / "site", model_dir, nfe=2, batch_size=8)
+    return SiteService(load_site_config(toml))
+
+
+def _drain(service: SiteService) -> None:
+    while service.run_once():
+        pass
+
+
+def test_same_content_is_queued_and_restored_once(service: SiteService, tmp_path: Path) -> None:
+    data = png_bytes(phantom_images(1, 64, seed=11)[0])
+    first, created = service.submit_bytes(data, "a.png", "api")
+    second, created_again = service.submit_bytes(data, "b.png", "api")
+    assert created and not created_again and first.sha256 == second.sha256
+    _drain(service)
+    counts = service.metrics()
+    assert counts["restored"] == 1 and counts["submissions"] == 2
+    assert len(list(service.config.folders.restored.glob("*.png"))) == 1
+
+
+def test_recovery_settles_interrupted_jobs_from_disk(service: SiteService) -> None:
+    folders = service.config.folders
+    paths = good_pngs(folders.incoming, 3, seed=12)
+    _drain(service)
+    shas = [sha256(p) for p in paths]
+    before = {sha: (folders.restored / f"{sha}.json").read_bytes() for sha in shas}
+    # as if the daemon died after writing a result but before the journal said so, and died
+    # holding another job for the last allowed time
+    db = sqlite3.connect(service.journal.path)
+    db.execute("UPDATE jobs SET status = 'running' WHERE sha256 = ?", (shas[0],))
+    db.execute(
+        "UPDATE jobs SET status = 'running', attempts = 3, result_png = NULL WHERE sha256 = ?",
+        (shas[1],),
+    )
+    db.commit()
+    db.close()
+    (folders.restored / f"{shas[1]}.json").unlink()
+    (folders.restored / f".{shas[2]}.json.x.partial").write_text("half")
+    service.recover()
+    assert service.journal.get(shas[0]).status == "restored"
+    assert (folders.restored / f"{shas[0]}.json").read_bytes() == before[shas[0]]  # not redone
+    crashed = service.journal.get(shas[1])
+    assert crashed.status == "quarantined" and crashed.reason_kind == "crashed"
+    assert not (folders.restored / f"{shas[1]}.png").exists()  # uncommitted result removed
+    assert not list(folders.restored.glob(".*.partial"))
+
+
+def test_restored_index_reads_results_and_explains_misses(service: SiteService) -> None:
+    folders = service.config.folders
+    good = good_pngs(folders.incoming, 2, seed=13)
+    (folders.incoming / "empty.png").write_bytes(b"")
+    _drain(service)
+    pending = png_bytes(phantom_images(1, 64, seed=14)[0])
+    pending_job, _ = service.submit_bytes(pending, "later.png", "api")
+    with RestoredIndex(folders.state) as index:
+        png, record = index.lookup(good[0])
+        assert png.is_file() and record["source_name"] == good[0].name
+        assert index.lookup(sha256(good[1]))[1]["input_sha256"] == sha256(good[1])
+        assert index.lookup(folders.incoming / "empty.png") is None
+        assert index.why_not(folders.incoming / "empty.png").startswith(
+            "quarantined: file is empty"
+        )
+        assert index.why_not(pending_job.sha256) == "restoration pending"
+        assert index.why_not("0" * 64) == "not submitted to the restoration service"
+        assert index.why_not(good[0]) == ""
+        assert index.counts()["restored"] == 2
+        assert index.counts()["pending"] == 1 and index.counts()["quarantined"] == 1
+    empty_state = folders.state.parent / "no-state"
+    empty_state.mkdir()
+    with pytest.raises(RestoredIndexError):
+        RestoredIndex(empty_state)
+    assert not list(empty_state.iterdir())  # a reader never creates a journal
