@@ -121,7 +121,7 @@ def load_site_config(path: str | Path, **overrides: Any) -> SiteConfig:
     base = path.resolve().parent
 
     def anchored(p: Path) -> Path:
-        return p if p.is_absolute() else (base / p)
+        return (base / p).resolve()  # absolute paths stay as they are (symlinks resolved)
 
     folders = config.folders.model_copy(
         update={k: anchored(v) for k, v in config.folders.model_dump().items()}

@@ -6,9 +6,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from client.restoration.operators import parse_spec
 from client.service.cli import app
 from client.service.config import load_site_config
 from client.service.daemon import SiteService
@@ -16,7 +18,7 @@ from client.service.restored_index import RestoredIndex, RestoredIndexError
 from shared.config import ConfigError
 from shared.data.phantoms import phantom_images
 
-from .conftest import good_pngs, png_bytes, sha256, write_site
+from .conftest import PHANTOM64, good_pngs, png_bytes, sha256, write_site
 
 
 def _edit(toml: Path, old: str, new: str) -> Path:
@@ -145,3 +147,55 @@ def test_restored_index_reads_results_and_explains_misses(service: SiteService) 
     with pytest.raises(RestoredIndexError):
         RestoredIndex(empty_state)
     assert not list(empty_state.iterdir())  # a reader never creates a journal
+
+
+def test_example_site_config_is_valid() -> None:
+    example = Path(__file__).resolve().parents[3] / "client" / "service" / "site.example.toml"
+    config = load_site_config(example)
+    assert config.restore.degradation == "auto" and config.http.host == "127.0.0.1"
+    assert (
+        config.restore.model_dir == example.parent.parent / "restoration" / "weights" / "phantom64"
+    )
+    assert config.folders.incoming.is_absolute()
+
+
+def _noisy_phantom_png(size: int, dose: float = 300.0) -> bytes:
+    rng = np.random.default_rng(3)
+    clean = phantom_images(1, size, seed=21)[0]
+    return png_bytes(np.clip(rng.poisson(clean * dose) / dose, 0, 1))
+
+
+def _auto_round_trip(model_dir: Path, root: Path) -> dict:
+    toml = _edit(
+        write_site(root, model_dir, nfe=2),
+        'degradation = "noise:poisson:dose=2000,read=0.01"',
+        'degradation = "auto"',
+    )
+    service = SiteService(load_site_config(toml))
+    service.warm_up()
+    job, _ = service.submit_bytes(_noisy_phantom_png(service.image_size), "noisy.png", "api")
+    _drain(service)
+    with RestoredIndex(service.config.folders.state) as index:
+        hit = index.lookup(job.sha256)
+    assert hit is not None
+    record = hit[1]
+    chosen = record["degradation"]
+    assert chosen["mode"] == "auto" and chosen["auto"]["noise_sigma"] > 0.01
+    assert chosen["spec"].startswith(("noise:", "blur:"))  # the noise was seen
+    assert record["restoration"]["degradation"] == parse_spec(chosen["spec"]).spec
+    assert record["restoration"]["method"] == chosen["method"]
+    return record
+
+
+def test_auto_mode_estimates_and_restores_through_the_engine(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    _auto_round_trip(model_dir, tmp_path)
+
+
+def test_committed_phantom64_prior_serves_a_64px_image(tmp_path: Path) -> None:
+    if not (PHANTOM64 / "prior" / "unet").is_dir():
+        pytest.skip(f"committed weights not present at {PHANTOM64}")
+    record = _auto_round_trip(PHANTOM64, tmp_path)
+    assert record["restored_shape"] == [64, 64]
+    assert record["restoration"]["model_sha256"]
