@@ -22,10 +22,9 @@ import numpy as np
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
-from scipy.ndimage import gaussian_filter
 from skimage.transform import resize
 
-from client.service.auto import estimate
+from client.service.auto import calibration_degrade, estimate
 from client.service.config import FoldersConfig, RestoreConfig, SiteConfig, WatchConfig
 from client.service.daemon import SiteService
 from shared.data.imageio import read_image
@@ -74,12 +73,7 @@ def auto_accuracy(cxr_open: Path) -> list[dict[str, object]]:
     rng = np.random.default_rng(0)
     for blur in (0.0, 1.0, 2.0, 3.0):
         for dose in (None, 2000, 500):
-            found = []
-            for image in clean:
-                x = gaussian_filter(image, blur, mode="reflect") if blur else image
-                if dose:
-                    x = rng.poisson(np.clip(x, 0, 1) * dose) / dose
-                found.append(estimate(x.astype(np.float32)))
+            found = [estimate(calibration_degrade(image, blur, dose, rng)) for image in clean]
             doses = [e.dose for e in found if e.noise_term.startswith("noise:poisson")]
             rows.append(
                 {

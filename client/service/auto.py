@@ -153,3 +153,16 @@ def estimate(image: np.ndarray) -> AutoEstimate:
         noise_term=noise_term,
         spec=spec,
     )
+
+
+def calibration_degrade(
+    image: np.ndarray, blur_sigma: float, dose: float | None, rng: np.random.Generator
+) -> np.ndarray:
+    """The synthetic degradation the tables above were measured with (and tests and the
+    benchmark check against): Gaussian blur (reflect borders), then Poisson noise at `dose`."""
+    from scipy.ndimage import gaussian_filter
+
+    x = gaussian_filter(image, blur_sigma, mode="reflect") if blur_sigma else image
+    if dose:
+        x = rng.poisson(np.clip(x, 0, 1) * dose) / dose
+    return np.asarray(x, dtype=np.float32)

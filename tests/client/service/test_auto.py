@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.ndimage import gaussian_filter
 from skimage.transform import resize
 
 from client.restoration.operators import parse_spec
-from client.service.auto import AutoEstimate, estimate
+from client.service.auto import AutoEstimate, calibration_degrade, estimate
 from shared.data.imageio import read_image
 
 
@@ -23,13 +22,7 @@ def clean_images(cxr_open_dir: Path) -> list[np.ndarray]:
 
 def _estimates(images, blur: float = 0.0, dose: float | None = None) -> list[AutoEstimate]:
     rng = np.random.default_rng(0)
-    out = []
-    for image in images:
-        x = gaussian_filter(image, blur, mode="reflect") if blur else image
-        if dose:
-            x = rng.poisson(np.clip(x, 0, 1) * dose) / dose
-        out.append(estimate(x.astype(np.float32)))
-    return out
+    return [estimate(calibration_degrade(image, blur, dose, rng)) for image in images]
 
 
 def test_clean_radiographs_are_mostly_judged_sharp(clean_images) -> None:
