@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from pathlib import Path
 from typing import Any
@@ -72,18 +71,18 @@ class WatchConfig(FestaModel):
     )
 
 
-def is_loopback(host: str) -> bool:
-    """True for `localhost` and any loopback address (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+"""Hosts the API may be bound to without a key. Anything else, other loopback aliases such as
+127.0.0.2 included, needs `http.api_key`."""
+
+
+def is_local_default(host: str) -> bool:
+    """True for 127.0.0.1, localhost and ::1: the only binds that need no API key."""
+    return host.strip().lower() in LOCAL_HOSTS
 
 
 class HttpConfig(FestaModel):
-    """The local HTTP API. Beyond loopback an API key is mandatory."""
+    """The local HTTP API. Bound anywhere but 127.0.0.1/localhost/::1, an API key is mandatory."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -93,9 +92,9 @@ class HttpConfig(FestaModel):
 
     @model_validator(mode="after")
     def _key_beyond_localhost(self) -> HttpConfig:
-        if self.enabled and not is_loopback(self.host) and not self.api_key:
+        if self.enabled and not is_local_default(self.host) and not self.api_key:
             raise ValueError(
-                f"api_key is required when host is {self.host!r} (not loopback); "
+                f"api_key is required when host is {self.host!r} (not 127.0.0.1/localhost/::1); "
                 "set http.api_key (16+ characters) or bind to 127.0.0.1"
             )
         return self

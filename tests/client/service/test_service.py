@@ -50,12 +50,12 @@ def test_bad_site_config_names_the_key(tmp_path: Path, model_dir: Path, old, new
     assert named in str(info.value)
 
 
-def test_api_key_is_required_beyond_loopback_only(tmp_path: Path, model_dir: Path) -> None:
-    for host in ("0.0.0.0", "10.1.2.3", "::"):
+def test_api_key_is_required_beyond_localhost_only(tmp_path: Path, model_dir: Path) -> None:
+    for host in ("0.0.0.0", "10.1.2.3", "::", "127.0.0.2"):
         toml = write_site(tmp_path, model_dir, http={"host": host})
         with pytest.raises(ConfigError, match="api_key"):
             load_site_config(toml)
-    for host in ("127.0.0.1", "127.0.0.2", "localhost", "::1"):
+    for host in ("127.0.0.1", "localhost", "::1"):
         assert (
             load_site_config(write_site(tmp_path, model_dir, http={"host": host})).http.api_key
             is None
