@@ -144,6 +144,7 @@ class SiteService:
         self.last_loop_at: float | None = None
         self.batches_done = 0
         self.worker_error: str | None = None
+        self.worker_running = False
 
     # ---- intake -------------------------------------------------------------------------------
 
@@ -413,6 +414,13 @@ class SiteService:
 
     def run(self, stop: threading.Event) -> None:
         """The worker loop until `stop` is set; errors are logged, never fatal."""
+        self.worker_running = True
+        try:
+            self._loop(stop)
+        finally:
+            self.worker_running = False
+
+    def _loop(self, stop: threading.Event) -> None:
         self.recover()
         log.info(
             "site %s serving: incoming=%s image_size=%d degradation=%s method=%s",
@@ -435,7 +443,7 @@ class SiteService:
 
     def health(self) -> dict[str, Any]:
         return {
-            "status": "ok",
+            "status": "ok" if self.worker_running else "worker stopped",
             "site": self.config.site_id,
             "uptime_s": round(time.time() - self.started_at, 1),
             "last_loop_age_s": None

@@ -152,7 +152,8 @@ def test_daemon_restores_good_files_quarantines_bad_ones_and_serves_the_api(
             client.get("/health", headers={"X-API-Key": "wrong-key-0123456789"}).status_code == 401
         )
         assert client.post("/jobs", content=b"x", headers={"X-API-Key": "nope"}).status_code == 401
-        assert client.get("/health", headers=auth).json()["site"] == "test-site"
+        health = client.get("/health", headers=auth).json()
+        assert health["site"] == "test-site" and health["status"] == "ok"
         assert "/jobs" in client.get("/openapi.json").json()["paths"]
         assert client.get("/docs").status_code == 200
 
