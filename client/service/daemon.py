@@ -263,6 +263,7 @@ class SiteService:
         png, prov = self.paths_for(job.sha256)
         data = png16_bytes(image)
         atomic_write_bytes(png, data)
+        record["restored_shape"] = list(image.shape)
         record["restored_png"] = png.name
         record["restored_png_sha256"] = sha256_bytes(data)
         record["finished_at"] = _now_iso()
@@ -296,13 +297,15 @@ class SiteService:
         if not np.isfinite(image).all():
             self.quarantine(job, "image contains NaN or infinite values", "invalid")
             return None
-        restored_input = _resize(image, self.image_size)
         rc = self.config.restore
         if rc.degradation == "auto":
+            restored_input = _resize(image, self.image_size)
             found = estimate(restored_input)
             method, spec = found.choose(rc.method)
             auto = found.as_dict()
         else:
+            # an `sr:F` observation is F times smaller than the restoration it yields
+            restored_input = _resize(image, self.image_size // self._upscale(rc.degradation))
             method, spec, auto = rc.method, rc.degradation, None
         record: dict[str, Any] = {
             "site": self.config.site_id,
@@ -310,8 +313,8 @@ class SiteService:
             "source_name": job.source_name,
             "origin": job.origin,
             "input": {"format": fmt, "shape": list(image.shape), "dicom": meta},
-            "restored_shape": [self.image_size, self.image_size],
-            "resized": list(image.shape) != [self.image_size, self.image_size],
+            "observation_shape": list(restored_input.shape),
+            "resized": list(image.shape) != list(restored_input.shape),
             "degradation": {
                 "mode": "auto" if auto else "fixed",
                 "spec": spec,
@@ -331,6 +334,13 @@ class SiteService:
             restorer = self._restorer(method)
             if rc.degradation != "auto":
                 restorer.parse(rc.degradation)
+
+    def _upscale(self, spec: str) -> int:
+        """How many times larger the restoration is than the observation (F for `sr:F`)."""
+        from client.restoration.operators import parse_spec
+
+        side = parse_spec(spec).operator.input_hw((self.image_size, self.image_size))[0]
+        return max(1, side // self.image_size)
 
     def _restorer(self, method: str) -> RestorerLike:
         if self._factory is None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from client.restoration.operators import parse_spec
@@ -199,3 +200,18 @@ def test_committed_phantom64_prior_serves_a_64px_image(tmp_path: Path) -> None:
     record = _auto_round_trip(PHANTOM64, tmp_path)
     assert record["restored_shape"] == [64, 64]
     assert record["restoration"]["model_sha256"]
+
+
+def test_super_resolution_site_restores_to_the_prior_size(tmp_path: Path, model_dir: Path) -> None:
+    toml = write_site(tmp_path, model_dir, degradation="sr:2", nfe=2)
+    service = SiteService(load_site_config(toml))
+    service.warm_up()
+    job, _ = service.submit_bytes(png_bytes(phantom_images(1, 64, seed=31)[0]), "lr.png", "api")
+    _drain(service)
+    with RestoredIndex(service.config.folders.state) as index:
+        png, record = index.lookup(job.sha256)
+    size = service.image_size
+    assert record["observation_shape"] == [size // 2, size // 2]
+    assert record["restored_shape"] == [size, size]
+    with Image.open(png) as im:
+        assert im.size == (size, size)
