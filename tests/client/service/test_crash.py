@@ -20,7 +20,7 @@ def test_kill_9_mid_batch_then_restart_loses_and_repeats_nothing(
     tmp_path: Path, model_dir: Path, daemon_factory
 ) -> None:
     # batches of 2 with many steps, so that the kill lands inside a restoration
-    toml = write_site(tmp_path, model_dir, nfe=60, batch_size=2)
+    toml = write_site(tmp_path, model_dir, nfe=150, batch_size=2)
     inputs = good_pngs(tmp_path / "incoming", N_IMAGES, seed=5)
     shas = {sha256(p) for p in inputs}
     assert len(shas) == N_IMAGES
