@@ -215,3 +215,23 @@ def test_super_resolution_site_restores_to_the_prior_size(tmp_path: Path, model_
     assert record["restored_shape"] == [size, size]
     with Image.open(png) as im:
         assert im.size == (size, size)
+
+
+def test_api_refuses_oversized_uploads_and_reports_pending_jobs(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from client.service.api import create_app
+
+    toml = write_site(tmp_path, model_dir, http={"max_upload_mb": 0.01})  # 10 KiB
+    service = SiteService(load_site_config(toml))
+    client = TestClient(create_app(service))
+    big = client.post("/jobs", params={"filename": "big.png"}, content=b"\0" * 20_000)
+    assert big.status_code == 413
+    small = png_bytes(phantom_images(1, 32, seed=41)[0])
+    job = client.post("/jobs", params={"filename": "../../etc/passwd"}, content=small).json()
+    assert job["status"] == "pending" and job["source_name"] == "passwd"  # no paths kept
+    assert client.get(f"/jobs/{job['job_id']}/image").status_code == 409
+    assert client.get("/metrics").json()["pending"] == 1
+    assert not list(service.config.folders.restored.iterdir())
