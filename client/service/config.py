@@ -69,6 +69,9 @@ class WatchConfig(FestaModel):
     settle_seconds: float = Field(
         2.0, ge=0, description="a file is taken only after it has been unchanged this long"
     )
+    max_file_mb: float = Field(
+        512.0, gt=0, description="larger incoming files are quarantined unread (reason only)"
+    )
 
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")

@@ -37,6 +37,7 @@ from client.service.storage import (
     png16_bytes,
     remove_partials,
     sha256_bytes,
+    sha256_file,
 )
 from shared.config import ConfigError
 from shared.data.imageio import ImageReadError, is_dicom, read_dicom_meta, read_image
@@ -181,14 +182,29 @@ class SiteService:
             if self.journal.seen_file(key, stat.st_size, stat.st_mtime_ns):
                 continue
             try:
-                data = path.read_bytes()
+                if stat.st_size > self.config.watch.max_file_mb * 1024 * 1024:
+                    job = self._refuse_oversized(path, stat.st_size)
+                else:
+                    job, _ = self.submit_bytes(path.read_bytes(), path.name, "folder")
             except OSError as exc:
                 log.warning("cannot read incoming file %s: %s", key, exc.strerror)
                 continue
-            job, _ = self.submit_bytes(data, path.name, "folder")
             self.journal.mark_seen(key, stat.st_size, stat.st_mtime_ns, job.sha256)
             taken += 1
         return taken
+
+    def _refuse_oversized(self, path: Path, size: int) -> Job:
+        """Quarantine a file over `watch.max_file_mb` by reason only (no copy is made)."""
+        sha = sha256_file(path)
+        job, created = self.journal.submit(sha, safe_name(path.name), "folder", self.blobs / sha)
+        if created:
+            limit = self.config.watch.max_file_mb
+            self.quarantine(
+                job,
+                f"file of {size / 2**20:.1f} MiB exceeds watch.max_file_mb = {limit:g}; not copied",
+                "too_large",
+            )
+        return job
 
     # ---- recovery -----------------------------------------------------------------------------
 

@@ -235,3 +235,20 @@ def test_api_refuses_oversized_uploads_and_reports_pending_jobs(
     assert client.get(f"/jobs/{job['job_id']}/image").status_code == 409
     assert client.get("/metrics").json()["pending"] == 1
     assert not list(service.config.folders.restored.iterdir())
+
+
+def test_oversized_incoming_file_is_quarantined_without_a_copy(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    toml = write_site(tmp_path, model_dir)
+    _edit(toml, "settle_seconds = 0.0", "settle_seconds = 0.0\nmax_file_mb = 0.01")
+    service = SiteService(load_site_config(toml))
+    big = service.config.folders.incoming / "huge.png"
+    big.write_bytes(b"\x89PNG" + b"\0" * 20_000)
+    _drain(service)
+    job = service.journal.get(sha256(big))
+    assert job.status == "quarantined" and job.reason_kind == "too_large"
+    assert "max_file_mb" in job.reason
+    stem = f"{job.sha256[:12]}-huge.png"
+    names = sorted(p.name for p in service.config.folders.quarantine.iterdir())
+    assert names == [f"{stem}.reason.json", f"{stem}.reason.txt"]  # reason only, no copy
