@@ -58,6 +58,11 @@ class RestoreConfig(FestaModel):
     def _auto_method_needs_auto_degradation(self) -> RestoreConfig:
         if self.method == "auto" and self.degradation != "auto":
             raise ValueError("method = 'auto' needs degradation = 'auto'")
+        if self.method.startswith("cddb") and self.degradation == "auto":
+            raise ValueError(
+                f"method = {self.method!r} needs a fixed degradation SPEC matching one of its "
+                "trained bridges, not 'auto'"
+            )
         return self
 
 

@@ -36,6 +36,11 @@ def _edit(toml: Path, old: str, new: str) -> Path:
         ("batch_size = 4", "batch_sise = 4", "restore.batch_sise"),
         ('method = "dps"', 'method = "auto"', "restore"),
         (
+            'degradation = "noise:poisson:dose=2000,read=0.01"\nmethod = "dps"',
+            'degradation = "auto"\nmethod = "cddb"',
+            "bridges",
+        ),
+        (
             'degradation = "noise:poisson:dose=2000,read=0.01"',
             'degradation = "noise poisson"',
             "restore.degradation",
