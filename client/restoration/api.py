@@ -48,10 +48,13 @@ class Restored:
 class Restorer:
     """One restoration method with its models loaded on ``device``; reusable for many batches."""
 
-    def __init__(self, method: str, model_dir: str | Path, *, nfe: int | None = None,
-                 device: str = "cpu") -> None:
+    def __init__(
+        self, method: str, model_dir: str | Path, *, nfe: int | None = None, device: str = "cpu"
+    ) -> None:
         if method not in METHODS:
-            raise UnsupportedMethodError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+            raise UnsupportedMethodError(
+                f"unknown method {method!r}; use one of {', '.join(METHODS)}"
+            )
         if nfe is not None and nfe < 1:
             raise RestorationInputError(f"nfe must be >= 1, got {nfe}")
         self.method, self.model_dir, self.device = method, Path(model_dir), torch.device(device)
@@ -63,9 +66,13 @@ class Restorer:
             self.prior = load_prior(self._need("prior"), device)
         if method == "blinddps":
             self.kernel_prior = load_prior(self._need("kernel_prior"), device)
-        self.bridges: dict[str, Path] = bridge_specs(self.model_dir) if method.startswith("cddb") else {}
+        self.bridges: dict[str, Path] = (
+            bridge_specs(self.model_dir) if method.startswith("cddb") else {}
+        )
         if method.startswith("cddb") and not self.bridges:
-            raise ModelDirError(f"{self.model_dir}/bridges/ holds no bridge (train one with train-bridge)")
+            raise ModelDirError(
+                f"{self.model_dir}/bridges/ holds no bridge (train one with train-bridge)"
+            )
         self._loaded_bridges: dict[str, Bridge] = {}
 
     def _need(self, name: str) -> Path:
@@ -88,7 +95,9 @@ class Restorer:
         """Parse SPEC and check this method can solve it."""
         deg = parse_spec(degradation)
         if deg.blind and self.method != "blinddps":
-            raise UnsupportedMethodError(f"{self.method} needs a known operator; use blinddps for {deg.spec}")
+            raise UnsupportedMethodError(
+                f"{self.method} needs a known operator; use blinddps for {deg.spec}"
+            )
         if self.method == "blinddps" and not deg.blind:
             raise UnsupportedMethodError("blinddps solves 'blur:unknown' degradations only")
         return deg
@@ -100,13 +109,18 @@ class Restorer:
             raise RestorationInputError(f"expected a numpy array, got {type(images).__name__}")
         if images.ndim == 4:
             raise RestorationInputError(
-                f"expected grey images [B, H, W]; got shape {images.shape} (channels are not supported)")
+                f"expected grey images [B, H, W]; got shape {images.shape} (channels are not supported)"
+            )
         if images.ndim != 3:
-            raise RestorationInputError(f"expected images [B, H, W]; got {images.ndim} dims {images.shape}")
+            raise RestorationInputError(
+                f"expected images [B, H, W]; got {images.ndim} dims {images.shape}"
+            )
         if images.shape[0] == 0:
             raise RestorationInputError("empty batch")
         if not np.issubdtype(images.dtype, np.floating):
-            raise RestorationInputError(f"expected float images in [0, 1], got dtype {images.dtype}")
+            raise RestorationInputError(
+                f"expected float images in [0, 1], got dtype {images.dtype}"
+            )
         if not np.isfinite(images).all():
             raise RestorationInputError("image contains NaN or infinite values")
         model = self.prior if self.prior is not None else self._bridge(deg)
@@ -114,9 +128,12 @@ class Restorer:
         if min(H, W) < model.size:
             raise RestorationInputError(
                 f"image {images.shape[1]}x{images.shape[2]} restores to {H}x{W}, smaller than the "
-                f"model's {model.size}x{model.size}")
+                f"model's {model.size}x{model.size}"
+            )
         if H % model.multiple or W % model.multiple:
-            raise RestorationInputError(f"image sides {H}x{W} must be multiples of {model.multiple}")
+            raise RestorationInputError(
+                f"image sides {H}x{W} must be multiples of {model.multiple}"
+            )
         try:
             deg.operator.A(torch.zeros(1, 1, H, W)) if not deg.blind else None
         except DegradationSpecError as e:
@@ -131,7 +148,9 @@ class Restorer:
         with ``seed`` whatever the batch, so batching does not change results."""
         deg = self.validate(images, degradation)
         start = time.perf_counter()
-        y = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None].to(self.device)
+        y = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None].to(
+            self.device
+        )
         gens = [torch.Generator(device=self.device).manual_seed(seed) for _ in range(len(images))]
         if self.method == "dps":
             res = solvers.dps(self.prior, deg, y, gens, nfe=self.nfe)

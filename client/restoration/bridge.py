@@ -18,7 +18,9 @@ class BridgeSchedule:
 
     def __init__(self, n: int = 1000, beta_min: float = 1e-4, beta_max: float = 0.3) -> None:
         self.n, self.beta_min, self.beta_max = n, beta_min, beta_max
-        half = torch.linspace(beta_min**0.5, (beta_max / n) ** 0.5, n // 2, dtype=torch.float64) ** 2
+        half = (
+            torch.linspace(beta_min**0.5, (beta_max / n) ** 0.5, n // 2, dtype=torch.float64) ** 2
+        )
         betas = torch.cat([half, half.flip(0)])
         self.var_fwd = betas.cumsum(0)  # s2(t)
         self.var_bwd = betas.sum() - self.var_fwd  # b2(t)
@@ -27,8 +29,13 @@ class BridgeSchedule:
     def config(self) -> dict[str, Any]:
         return {"n": self.n, "beta_min": self.beta_min, "beta_max": self.beta_max}
 
-    def q_sample(self, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor,
-                 gen: torch.Generator | None = None) -> torch.Tensor:
+    def q_sample(
+        self,
+        x0: torch.Tensor,
+        x1: torch.Tensor,
+        t: torch.Tensor,
+        gen: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Sample ``x_t`` of the bridge between ``x0`` and ``x1`` at integer times ``t`` ``[B]``."""
         s2, b2 = self.var_fwd[t].float(), self.var_bwd[t].float()
         shape = (-1, 1, 1, 1)
@@ -36,8 +43,9 @@ class BridgeSchedule:
         std = (s2 * b2 / (s2 + b2)).sqrt().view(shape)
         return mean + std * torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
 
-    def posterior(self, x0: torch.Tensor, xt: torch.Tensor, s: int, t: int,
-                  noise: torch.Tensor | None) -> torch.Tensor:
+    def posterior(
+        self, x0: torch.Tensor, xt: torch.Tensor, s: int, t: int, noise: torch.Tensor | None
+    ) -> torch.Tensor:
         """Sample ``x_s`` given ``x0`` and ``x_t`` (s < t): a Brownian-bridge step back."""
         vs, vt = float(self.var_fwd[s]), float(self.var_fwd[t])
         mean = (1 - vs / vt) * x0 + (vs / vt) * xt

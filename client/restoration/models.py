@@ -32,7 +32,11 @@ def sha256_of(folder: Path) -> str:
     """SHA-256 over the weight and config files of a model folder (sorted, path-prefixed)."""
     h = hashlib.sha256()
     for f in sorted(folder.rglob("*")):
-        if f.is_file() and f.suffix in {".safetensors", ".json", ".bin"} and f.name != "festa_training.json":
+        if (
+            f.is_file()
+            and f.suffix in {".safetensors", ".json", ".bin"}
+            and f.name != "festa_training.json"
+        ):
             h.update(str(f.relative_to(folder)).encode())
             h.update(f.read_bytes())
     return h.hexdigest()
@@ -41,7 +45,9 @@ def sha256_of(folder: Path) -> str:
 def _load_unet(folder: Path, device: str) -> UNet2DModel:
     if not (folder / "unet" / "config.json").is_file():
         raise ModelDirError(f"{folder} has no unet/ (expected a festa prior or bridge folder)")
-    unet = UNet2DModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
+    unet = UNet2DModel.from_pretrained(
+        folder, subfolder="unet", local_files_only=True, low_cpu_mem_usage=False
+    )
     return unet.float().to(device).eval().requires_grad_(False)
 
 
@@ -103,7 +109,9 @@ class Bridge:
 def load_bridge(folder: Path, device: str = "cpu") -> Bridge:
     meta = json.loads((folder / "bridge.json").read_text())
     schedule = BridgeSchedule(meta["n"], meta["beta_min"], meta["beta_max"])
-    return Bridge(_load_unet(folder, device), schedule, meta["degradation"], folder, sha256_of(folder))
+    return Bridge(
+        _load_unet(folder, device), schedule, meta["degradation"], folder, sha256_of(folder)
+    )
 
 
 def bridge_specs(model_dir: Path) -> dict[str, Path]:

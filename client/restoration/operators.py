@@ -381,8 +381,9 @@ class PoissonGaussianNoise(NoiseModel):
     """``y = Poisson(dose * Ax) / dose + read * N(0, 1)``; dose in photons per unit intensity.
 
     The data fit is a weighted least-squares residual with per-pixel weights
-    ``1 / (max(y, 0) / dose + read^2)`` taken from the observation (fixed, so no gradient through
-    them and no blow-up near zero, unlike DPS's ``1/|y|`` rescale)."""
+    ``1 / max(max(y, 0) / dose + read^2, 1 / dose^2)`` taken from the observation (fixed, so no
+    gradient through them and no blow-up near zero, unlike DPS's ``1/|y|`` rescale), rescaled to
+    mean 1 per image so step sizes carry over from the Gaussian case."""
 
     def __init__(self, dose: float, read: float = 0.0) -> None:
         if dose <= 0 or read < 0:
@@ -395,8 +396,10 @@ class PoissonGaussianNoise(NoiseModel):
         return counts / self.dose + self.read * z
 
     def weights(self, y: torch.Tensor) -> torch.Tensor:
-        var = y.clamp_min(0) / self.dose + self.read**2
-        return 1.0 / var.clamp_min(1.0 / self.dose)
+        """Relative inverse variances (mean 1 per sample), so the norm stays in intensity units."""
+        var = (y.clamp_min(0) / self.dose + self.read**2).clamp_min(1.0 / self.dose**2)
+        w = 1.0 / var
+        return w / w.mean(dim=(-2, -1), keepdim=True)
 
     def spec(self) -> str:
         return f"noise:poisson:dose={_fmt(self.dose)},read={_fmt(self.read)}"

@@ -42,7 +42,9 @@ class SolverResult:
     kernel: torch.Tensor | None = None  # [B, 1, K, K], BlindDPS only
 
 
-def randn(shape: tuple[int, ...], gens: list[torch.Generator], device: torch.device) -> torch.Tensor:
+def randn(
+    shape: tuple[int, ...], gens: list[torch.Generator], device: torch.device
+) -> torch.Tensor:
     """Standard normal ``[B, *shape]`` with sample ``i`` drawn from ``gens[i]``."""
     return torch.stack([torch.randn(shape, generator=g, device=device) for g in gens])
 
@@ -59,8 +61,15 @@ def ddim_schedule(nfe: int, T: int = 1000) -> list[tuple[int, int]]:
     return list(zip(ts, [*ts[1:], -1], strict=True))
 
 
-def ddim_step(prior: DiffusionPrior, x: torch.Tensor, x0: torch.Tensor, t: int, t_prev: int,
-              eta: float, noise: torch.Tensor) -> torch.Tensor:
+def ddim_step(
+    prior: DiffusionPrior,
+    x: torch.Tensor,
+    x0: torch.Tensor,
+    t: int,
+    t_prev: int,
+    eta: float,
+    noise: torch.Tensor,
+) -> torch.Tensor:
     """One DDIM(eta) step from ``x_t`` to ``x_{t_prev}`` given ``x0_hat`` (clipped to [-1, 1])."""
     a = float(prior.alphas_cumprod[t])
     ap = float(prior.alphas_cumprod[t_prev]) if t_prev >= 0 else 1.0
@@ -75,8 +84,15 @@ def dps_zeta(nfe: int) -> float:
     return DPS_ZETA_1000 * (1000 / min(nfe, 1000)) ** 0.5
 
 
-def dps(prior: DiffusionPrior, deg: Degradation, y: torch.Tensor, gens: list[torch.Generator],
-        nfe: int = 1000, zeta: float | None = None, eta: float = 1.0) -> SolverResult:
+def dps(
+    prior: DiffusionPrior,
+    deg: Degradation,
+    y: torch.Tensor,
+    gens: list[torch.Generator],
+    nfe: int = 1000,
+    zeta: float | None = None,
+    eta: float = 1.0,
+) -> SolverResult:
     """Diffusion posterior sampling; ``zeta=0`` gives the unguided prior sample."""
     zeta = dps_zeta(nfe) if zeta is None else zeta
     H, W = deg.operator.input_hw(tuple(y.shape[-2:]))
@@ -107,8 +123,15 @@ def _landweber(deg: Degradation, y: torch.Tensor, x0: torch.Tensor, alpha: float
     return (img.detach() - alpha * g) * 2 - 1
 
 
-def cddb(bridge: Bridge, deg: Degradation, y: torch.Tensor, gens: list[torch.Generator],
-         nfe: int = 20, deep: bool = False, step: float | None = None) -> SolverResult:
+def cddb(
+    bridge: Bridge,
+    deg: Degradation,
+    y: torch.Tensor,
+    gens: list[torch.Generator],
+    nfe: int = 20,
+    deep: bool = False,
+    step: float | None = None,
+) -> SolverResult:
     """CDDB / CDDB-deep on ``nfe`` bridge steps, starting at ``x1 = lift(y)``."""
     step = (CDDB_DEEP_ZETA if deep else CDDB_ALPHA) if step is None else step
     x = deg.operator.lift(y).clamp(0, 1) * 2 - 1
@@ -130,13 +153,23 @@ def cddb(bridge: Bridge, deg: Degradation, y: torch.Tensor, gens: list[torch.Gen
     return SolverResult(_img(x0.detach()).clamp(0, 1), len(ts) - 1, params)
 
 
-def blind_dps(prior: DiffusionPrior, kernel_prior: DiffusionPrior, deg: Degradation, y: torch.Tensor,
-              gens: list[torch.Generator], nfe: int = 1000, zeta: float | None = None,
-              zeta_kernel: float | None = None, sparsity: float = BLIND_SPARSITY,
-              eta: float = 1.0) -> SolverResult:
+def blind_dps(
+    prior: DiffusionPrior,
+    kernel_prior: DiffusionPrior,
+    deg: Degradation,
+    y: torch.Tensor,
+    gens: list[torch.Generator],
+    nfe: int = 1000,
+    zeta: float | None = None,
+    zeta_kernel: float | None = None,
+    sparsity: float = BLIND_SPARSITY,
+    eta: float = 1.0,
+) -> SolverResult:
     """BlindDPS for ``deg`` containing ``blur:unknown``; returns the image and kernel estimates."""
     zeta = dps_zeta(nfe) if zeta is None else zeta
-    zeta_k = BLIND_ZETA_KERNEL * (1000 / min(nfe, 1000)) ** 0.5 if zeta_kernel is None else zeta_kernel
+    zeta_k = (
+        BLIND_ZETA_KERNEL * (1000 / min(nfe, 1000)) ** 0.5 if zeta_kernel is None else zeta_kernel
+    )
     K = deg.kernel_size()
     H, W = deg.operator.input_hw(tuple(y.shape[-2:]))
     x, z = randn((1, H, W), gens, y.device), randn((1, K, K), gens, y.device)

@@ -25,7 +25,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,18 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 100
     threads: int = 1
+    n_phantoms: int = 2000  # size of the phantom pool when data == "phantoms"
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` torch CPU threads, restoring the previous count afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 Sampler = Callable[[int, np.random.Generator, torch.Generator], torch.Tensor]
@@ -100,50 +113,64 @@ def train_loop(
     resume: bool = True,
 ) -> tuple[UNet2DModel, list[float]]:
     """Train ``model`` on batches from ``sample``; returns (EMA model, losses of this run)."""
-    torch.set_num_threads(cfg.threads)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.pt"
-    torch.manual_seed(cfg.seed)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    rng, gen, step = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed), 0
-    if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=False)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        rng.bit_generator.state, step = state["rng"], state["step"]
-        gen.set_state(state["gen"])
+    with torch_threads(cfg.threads):
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt_path = out / "checkpoint.pt"
+        torch.manual_seed(cfg.seed)
+        ema = copy.deepcopy(model).requires_grad_(False)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        rng, gen, step = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed), 0
+        if resume and ckpt_path.exists():
+            state = torch.load(ckpt_path, weights_only=False)
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["opt"])
+            rng.bit_generator.state, step = state["rng"], state["step"]
+            gen.set_state(state["gen"])
 
-    def save_checkpoint() -> None:
-        state = dict(model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(),
-                     rng=rng.bit_generator.state, gen=gen.get_state(), step=step)
-        torch.save(state, ckpt_path.with_suffix(".tmp"))
-        ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+        def save_checkpoint() -> None:
+            state = dict(
+                model=model.state_dict(),
+                ema=ema.state_dict(),
+                opt=opt.state_dict(),
+                rng=rng.bit_generator.state,
+                gen=gen.get_state(),
+                step=step,
+            )
+            torch.save(state, ckpt_path.with_suffix(".tmp"))
+            ckpt_path.with_suffix(".tmp").replace(ckpt_path)
 
-    losses: list[float] = []
-    model.train()
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not sys.stderr.isatty() and "FESTA_PROGRESS" not in os.environ) as bar:
-        task = bar.add_task(desc, total=cfg.steps, completed=step, loss=float("nan"))
-        while step < cfg.steps:
-            batch = sample(cfg.batch, rng, gen)
-            loss = loss_fn(model, batch, gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            step += 1
-            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                    pe.lerp_(pm, 1 - decay)
-            losses.append(loss.item())
-            bar.update(task, completed=step, loss=float(np.mean(losses[-20:])))
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                save_checkpoint()
-    return ema.eval(), losses
+        losses: list[float] = []
+        model.train()
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(
+            *columns, disable=not sys.stderr.isatty() and "FESTA_PROGRESS" not in os.environ
+        ) as bar:
+            task = bar.add_task(desc, total=cfg.steps, completed=step, loss=float("nan"))
+            while step < cfg.steps:
+                batch = sample(cfg.batch, rng, gen)
+                loss = loss_fn(model, batch, gen)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                step += 1
+                decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+                with torch.no_grad():
+                    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                        pe.lerp_(pm, 1 - decay)
+                losses.append(loss.item())
+                bar.update(task, completed=step, loss=float(np.mean(losses[-20:])))
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                    save_checkpoint()
+        return ema.eval(), losses
 
 
 def _write_record(out: Path, kind: str, cfg: TrainConfig, losses: list[float], extra: dict) -> None:
@@ -186,7 +213,9 @@ def load_images(data: str, size: int, n_phantoms: int = 2000, seed: int = 0) -> 
         return phantom_images(n_phantoms, size=size, seed=seed)
     from shared.data.imageio import ImageReadError, read_image
 
-    paths = sorted(p for p in Path(data).rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".dcm"})
+    paths = sorted(
+        p for p in Path(data).rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".dcm"}
+    )
     images = []
     for p in paths:
         try:
@@ -228,42 +257,71 @@ def kernel_from_model(z: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def train_prior(data: str, size: int, out: Path, cfg: TrainConfig, preset: str = "small",
-                resume: bool = True) -> list[float]:
+def train_prior(
+    data: str, size: int, out: Path, cfg: TrainConfig, preset: str = "small", resume: bool = True
+) -> list[float]:
     """Train a 1-channel image prior on ``data`` at ``size`` px and save it to ``out``."""
-    images = load_images(data, size, seed=cfg.seed)
+    images = load_images(data, size, cfg.n_phantoms, seed=cfg.seed)
     model = build_unet(size, preset)
-    ema, losses = train_loop(model, out, image_sampler(images), _ddpm_loss(ddpm_scheduler()), cfg,
-                             "image prior", resume)
+    ema, losses = train_loop(
+        model, out, image_sampler(images), _ddpm_loss(ddpm_scheduler()), cfg, "image prior", resume
+    )
     _save_pipeline(ema, out)
-    _write_record(out, "image-prior", cfg, losses,
-                  {"data": data, "size": size, "preset": preset, "n_images": len(images)})
+    _write_record(
+        out,
+        "image-prior",
+        cfg,
+        losses,
+        {"data": data, "size": size, "preset": preset, "n_images": len(images)},
+    )
     return losses
 
 
-def train_kernel_prior(out: Path, cfg: TrainConfig, size: int = DEFAULT_KERNEL_GRID,
-                       resume: bool = True) -> list[float]:
+def train_kernel_prior(
+    out: Path, cfg: TrainConfig, size: int = DEFAULT_KERNEL_GRID, resume: bool = True
+) -> list[float]:
     """Train the BlindDPS kernel prior on synthetic Gaussian and motion kernels ``[size, size]``."""
 
     def sample(batch: int, rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
-        return kernel_to_model(torch.stack([random_kernel(rng, size) for _ in range(batch)])[:, None])
+        return kernel_to_model(
+            torch.stack([random_kernel(rng, size) for _ in range(batch)])[:, None]
+        )
 
-    ema, losses = train_loop(build_unet(size, "kernel"), out, sample, _ddpm_loss(ddpm_scheduler()),
-                             cfg, "kernel prior", resume)
+    ema, losses = train_loop(
+        build_unet(size, "kernel"),
+        out,
+        sample,
+        _ddpm_loss(ddpm_scheduler()),
+        cfg,
+        "kernel prior",
+        resume,
+    )
     _save_pipeline(ema, out)
-    _write_record(out, "kernel-prior", cfg, losses, {"data": "synthetic gaussian+motion", "size": size})
+    _write_record(
+        out, "kernel-prior", cfg, losses, {"data": "synthetic gaussian+motion", "size": size}
+    )
     return losses
 
 
-def train_bridge(degradation: Degradation, data: str, size: int, out: Path, cfg: TrainConfig,
-                 preset: str = "small", init_from: Path | None = None, resume: bool = True) -> list[float]:
+def train_bridge(
+    degradation: Degradation,
+    data: str,
+    size: int,
+    out: Path,
+    cfg: TrainConfig,
+    preset: str = "small",
+    init_from: Path | None = None,
+    resume: bool = True,
+) -> list[float]:
     """Train a CDDB (I2SB-style) bridge from ``lift(A(x) + noise)`` to ``x`` and save it to ``out``.
 
     ``init_from``: an image-prior folder to start from (same preset), which speeds training up."""
-    images = load_images(data, size, seed=cfg.seed)
+    images = load_images(data, size, cfg.n_phantoms, seed=cfg.seed)
     model = build_unet(size, preset)
     if init_from is not None:
-        model = UNet2DModel.from_pretrained(init_from, subfolder="unet").float()
+        model = UNet2DModel.from_pretrained(
+            init_from, subfolder="unet", local_files_only=True, low_cpu_mem_usage=False
+        ).float()
     schedule = BridgeSchedule()
     clean = image_sampler(images)
 
@@ -283,9 +341,21 @@ def train_bridge(degradation: Degradation, data: str, size: int, out: Path, cfg:
     ema, losses = train_loop(model, out, sample, loss_fn, cfg, "bridge", resume)
     (out / "unet").mkdir(parents=True, exist_ok=True)
     copy.deepcopy(ema).half().save_pretrained(out / "unet")
-    (out / "bridge.json").write_text(json.dumps(
-        {"degradation": degradation.spec, "size": size, **schedule.config()}, indent=2) + "\n")
-    _write_record(out, "bridge", cfg, losses, {"data": data, "size": size, "preset": preset,
-                                               "degradation": degradation.spec,
-                                               "init_from": str(init_from) if init_from else None})
+    (out / "bridge.json").write_text(
+        json.dumps({"degradation": degradation.spec, "size": size, **schedule.config()}, indent=2)
+        + "\n"
+    )
+    _write_record(
+        out,
+        "bridge",
+        cfg,
+        losses,
+        {
+            "data": data,
+            "size": size,
+            "preset": preset,
+            "degradation": degradation.spec,
+            "init_from": str(init_from) if init_from else None,
+        },
+    )
     return losses

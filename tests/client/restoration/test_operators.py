@@ -125,9 +125,9 @@ def test_poisson_gaussian_noise_has_the_stated_variance() -> None:
     expected = 0.5 / 200 + 0.05**2
     assert abs(y.var().item() - expected) / expected < 0.1
     assert torch.equal(y, d.simulate(x, seed=3))
-    # The weighted residual of the truth is about sqrt(#pixels) per sample.
+    # Relative weights: the residual of the truth is about sqrt(#pixels * variance) per sample.
     r = d.residual(y, x)
-    assert r.shape == (4,) and ((r / 64 - 1).abs() < 0.15).all()
+    assert r.shape == (4,) and ((r / (64 * expected**0.5) - 1).abs() < 0.15).all()
 
 
 def test_masks_remove_what_they_say() -> None:
