@@ -315,13 +315,13 @@ class SiteService:
             return None
         rc = self.config.restore
         if rc.degradation == "auto":
-            restored_input = _resize(image, self.image_size)
-            found = estimate(restored_input)
+            observation = _resize(image, self.image_size)
+            found = estimate(observation)
             method, spec = found.choose(rc.method)
             auto = found.as_dict()
         else:
             # an `sr:F` observation is F times smaller than the restoration it yields
-            restored_input = _resize(image, self.image_size // self._upscale(rc.degradation))
+            observation = _resize(image, self.image_size // self._upscale(rc.degradation))
             method, spec, auto = rc.method, rc.degradation, None
         record: dict[str, Any] = {
             "site": self.config.site_id,
@@ -329,8 +329,8 @@ class SiteService:
             "source_name": job.source_name,
             "origin": job.origin,
             "input": {"format": fmt, "shape": list(image.shape), "dicom": meta},
-            "observation_shape": list(restored_input.shape),
-            "resized": list(image.shape) != list(restored_input.shape),
+            "observation_shape": list(observation.shape),
+            "resized": list(image.shape) != list(observation.shape),
             "degradation": {
                 "mode": "auto" if auto else "fixed",
                 "spec": spec,
@@ -340,7 +340,7 @@ class SiteService:
             "submitted_at": _iso(job.submitted_at),
             "attempt": job.attempts,
         }
-        return restored_input, record
+        return observation, record
 
     def warm_up(self) -> None:
         """Build the restorer(s) now and check a fixed SPEC against the method, so a bad model
