@@ -126,3 +126,89 @@ def validate(cls: type[C], data: dict[str, Any], source: str = "config") -> C:
             key = ".".join(str(p) for p in err["loc"]) or "(root)"
             lines.append(f"  {key}: {err['msg']}")
         raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines)) from exc
+
+
+class ScheduleConfig(FestaModel):
+    """The FeSTA round schedule (DESIGN §2).
+
+    Rounds 1..warmup_rounds train everything. After that, every `task_specific_every`-th round
+    is task-specific (body frozen, heads/tails train); the others are task-agnostic (the body
+    trains on every task's features). The last `finetune_rounds` rounds are task-specific.
+    Heads/tails are FedAvg'd within each task every `unify_every` rounds (and always at the end).
+    """
+
+    warmup_rounds: int = Field(1, ge=0)
+    task_specific_every: int = Field(3, ge=0, description="0: never task-specific before fine-tuning")
+    finetune_rounds: int = Field(1, ge=0)
+    unify_every: int = Field(1, ge=1)
+
+    def phase(self, round_number: int, total_rounds: int) -> str:
+        """`warmup`, `task-agnostic`, `task-specific` or `finetune` for a 1-based round."""
+        if round_number > total_rounds - self.finetune_rounds:
+            return "finetune"
+        if round_number <= self.warmup_rounds:
+            return "warmup"
+        k = self.task_specific_every
+        if k and (round_number - self.warmup_rounds) % k == 0:
+            return "task-specific"
+        return "task-agnostic"
+
+    @staticmethod
+    def trains_body(phase: str) -> bool:
+        return phase in ("warmup", "task-agnostic")
+
+    def unifies(self, round_number: int, total_rounds: int) -> bool:
+        return round_number % self.unify_every == 0 or round_number == total_rounds
+
+
+class FaultInjection(FestaModel):
+    """Chaos testing of simulations: the client at `site` fails in `round` after `after_steps`
+    batches, as a hospital whose node crashes mid-round would. Off when `site` is empty."""
+
+    site: str = ""
+    round: int = Field(0, ge=0)
+    after_steps: int = Field(0, ge=0)
+
+
+class FederationConfig(FestaModel):
+    """One federated run: what `festa simulate` and the deployed ServerApp are given."""
+
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig(lr=1e-3, batch_size=16)
+    data: DataConfig = DataConfig(train_size=1200, val_size=200)
+    schedule: ScheduleConfig = ScheduleConfig()
+    tasks: list[Literal["classification", "segmentation", "detection"]] = [
+        "classification",
+        "segmentation",
+        "detection",
+    ]
+    clients: int = Field(6, ge=1, description="clients in a simulation (deployment: the sites)")
+    partition: str = Field("dirichlet:0.5", description="natural | dirichlet:ALPHA | quantity | iid")
+    rounds: int = Field(8, ge=1)
+    local_steps: int = Field(15, ge=1, description="batches each client trains per round")
+    wire: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
+    permute: bool = False
+    mode: Literal["sync", "async"] = "sync"
+    step_deadline_s: float = Field(60.0, gt=0, description="sync mode: wait this long for a client's step")
+    round_timeout_s: float = Field(900.0, gt=0)
+    seed: int = 0
+    device: str = "cpu"
+    body_host: str = "127.0.0.1"
+    body_port: int = Field(0, ge=0, le=65535, description="0: any free port")
+    body_endpoint: str = Field("", description="address clients dial; default host:bound port")
+    degrade: Literal["none", "site"] = Field(
+        "site", description="site: odd-numbered simulated sites get a degraded scanner"
+    )
+    restore: Literal["none", "dps", "cddb", "cddb-deep", "blinddps"] = Field(
+        "cddb", description="restoration method degraded sites run before training"
+    )
+    restore_nfe: int | None = Field(10, ge=1, description="network evaluations per image")
+    restore_model_dir: str = Field("", description="priors/bridges folder; empty: the committed phantom64 weights")
+    restore_cache: str = Field("runs/.restore-cache", description="restored images cached by content hash")
+    fault: FaultInjection = FaultInjection()
+
+    @model_validator(mode="after")
+    def _check(self) -> FederationConfig:
+        if self.clients < len(self.tasks):
+            raise ValueError(f"{self.clients} clients cannot cover {len(self.tasks)} tasks")
+        return self

@@ -5,14 +5,13 @@
 Per degradation: PSNR / SSIM (skimage, [0, 1] scale), data-consistency residual ||y - A(x_hat)||
 (always with the true operator, also for BlindDPS) and seconds per image, on held-out phantoms
 (seed 12345, never used for training) and a few ``val`` images of ../shared/data/cxr-open downsized
-to 64 px. Prints a rich table and appends a section to BENCHMARKS.md with the machine.
+to 64 px. Prints a rich table and appends a section to BENCHMARKS.md with the machine
+(via ``simulations.report.publish``).
 """
 
 from __future__ import annotations
 
 import csv
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ import numpy as np
 import torch
 import typer
 from rich.console import Console
-from rich.table import Table
 from skimage import restoration, transform
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -31,6 +29,7 @@ from client.restoration.api import Restorer
 from client.restoration.errors import UnsupportedMethodError
 from client.restoration.operators import gaussian_kernel, parse_spec
 from shared.data.phantoms import phantom_images
+from simulations.report import publish
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "client" / "restoration" / "weights" / "phantom64"
@@ -43,6 +42,7 @@ class Case:
     restore: str  # SPEC the solvers are given
     methods: tuple[str, ...]
     baseline: str
+    dps_nfe: str = ""  # overrides --dps-nfe (keeps the run short where there is no CDDB to compare)
 
 
 CASES = [
@@ -61,9 +61,14 @@ CASES = [
         "wiener",
     ),
     Case(
-        "sr x2", "sr:2+noise:gauss:sigma=0.01", "sr:2+noise:gauss:sigma=0.01", ("dps",), "bicubic"
+        "sr x2",
+        "sr:2+noise:gauss:sigma=0.01",
+        "sr:2+noise:gauss:sigma=0.01",
+        ("dps",),
+        "bicubic",
+        "100",
     ),
-    Case("inpaint box", "inpaint:box", "inpaint:box", ("dps",), "biharmonic"),
+    Case("inpaint box", "inpaint:box", "inpaint:box", ("dps",), "biharmonic", "100"),
     Case(
         "blind motion",
         "blur:motion:length=7,angle=30+noise:gauss:sigma=0.01",
@@ -116,33 +121,17 @@ def degraded_view(y: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return transform.resize(y, shape, order=0, mode="edge")
 
 
-def machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} "
-        f"({torch.get_num_threads()} thread(s)), Python {platform.python_version()}"
-    )
-
-
 def main(
     model: Annotated[
         Path, typer.Option("--model", help="Restoration model folder.")
     ] = DEFAULT_MODEL,
-    n_phantoms: int = typer.Option(3, "--n-phantoms"),
+    n_phantoms: int = typer.Option(2, "--n-phantoms"),
     n_cxr: int = typer.Option(2, "--n-cxr"),
-    dps_nfe: str = typer.Option("100,250", "--dps-nfe", help="DPS / BlindDPS step counts."),
+    dps_nfe: str = typer.Option("50,200", "--dps-nfe", help="DPS step counts."),
     cddb_nfe: str = typer.Option("5,20", "--cddb-nfe"),
     blind_nfe: str = typer.Option("100", "--blind-nfe"),
     cases: str = typer.Option("", "--cases", help="Comma-separated case names (default: all)."),
     threads: int = typer.Option(1, "--threads"),
-    out_md: Annotated[Path, typer.Option("--out-md")] = REPO / "BENCHMARKS.md",
 ) -> None:
     torch.set_num_threads(threads)
     console = Console()
@@ -203,7 +192,12 @@ def main(
         est = np.stack([baseline(case.baseline, v, case) for v in y_np])
         score(case, case.baseline, "", est, y, (time.perf_counter() - t) / len(y_np))
         for method in case.methods:
-            for nfe in nfes[method]:
+            steps = (
+                [int(v) for v in case.dps_nfe.split(",")]
+                if method == "dps" and case.dps_nfe
+                else nfes[method]
+            )
+            for nfe in steps:
                 restorer = Restorer(method, model, nfe=nfe)
                 t = time.perf_counter()
                 try:
@@ -216,39 +210,19 @@ def main(
                 console.print(f"{case.name}: {method} @{nfe} done ({seconds:.2f} s/img)")
     total = time.perf_counter() - start_all
 
-    table = Table(title=f"festa restoration benchmark (64 px, {model.name})")
-    for col in ("degradation", "images", "method", "PSNR dB", "SSIM", "residual", "s / image"):
-        table.add_column(col)
-    for name, kind, label, m in rows:
-        table.add_row(
-            name,
-            kind,
-            label,
-            f"{m['psnr']:.2f}",
-            f"{m['ssim']:.3f}",
-            f"{m['residual']:.3f}",
-            f"{m['seconds']:.3f}",
-        )
-    console.print(table)
-    md = [
-        f"\n## Restoration ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n",
-        f"- Command: `python -m simulations.bench_restoration {' '.join(sys.argv[1:])}`".rstrip()
-        + "`"[:0],
-        f"- Machine: {machine()}; device: CPU; total wall time {total:.0f} s",
-        f"- Models: `{model.relative_to(REPO) if model.is_relative_to(REPO) else model}`; images: "
-        f"{n_phantoms} held-out phantoms (seed 12345) + {len(clean) - n_phantoms} cxr-open val images "
-        "downsized to 64 px; residual = ||y - A(x_hat)|| with the true operator.\n",
-        "| degradation | images | method | PSNR dB | SSIM | residual | s / image |",
-        "|---|---|---|---|---|---|---|",
-        *(
-            f"| {n} | {k} | {lab} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['residual']:.3f} | {m['seconds']:.3f} |"
-            for n, k, lab, m in rows
+    publish(
+        f"Restoration ({', '.join(c.name for c in chosen)})",
+        "python -m simulations.bench_restoration " + " ".join(sys.argv[1:]),
+        ("degradation", "images", "method", "PSNR dB", "SSIM", "residual", "s / image"),
+        [(n, k, lab, m["psnr"], m["ssim"], m["residual"], m["seconds"]) for n, k, lab, m in rows],
+        notes=(
+            f"Device: CPU, {threads} torch thread(s); total wall time {total:.0f} s. Models: "
+            f"`{model.relative_to(REPO) if model.is_relative_to(REPO) else model}`; images: "
+            f"{n_phantoms} held-out phantoms (seed 12345) + {len(clean) - n_phantoms} cxr-open val "
+            "images downsized to 64 px; residual = ||y - A(x_hat)|| with the true operator."
         ),
-        "",
-    ]
-    with open(out_md, "a") as f:
-        f.write("\n".join(md) + "\n")
-    console.print(f"appended to {out_md} (total {total:.0f} s)")
+        console=console,
+    )
 
 
 if __name__ == "__main__":

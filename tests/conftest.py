@@ -10,9 +10,11 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# Tests never reach for a model hub, and stay within CI's two cores.
+# Tests never reach for a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread per process: tests start several processes (servers, clients) on two cores, and
+# OpenMP spin-waiting under oversubscription is ~10x slower than single-threaded kernels here.
+torch.set_num_threads(1)
 
 
 def _cxr_open_dir() -> Path | None:

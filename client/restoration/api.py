@@ -8,7 +8,8 @@
 
 Output size equals the input size, except for ``sr:F`` where it is F times the input (the
 restoration lives on the high-resolution grid). Image sides on that grid must be at least the
-model's training size and multiples of the UNet's downsampling factor (4 for the 64-px prior).
+model's training size and at most 4 times it (the UNet input is padded internally, so sides
+need not be multiples of anything).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from client.restoration.operators import Degradation, parse_spec
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 METHODS = ("dps", "cddb", "cddb-deep", "blinddps")
+MAX_SIDE_FACTOR = 4  # largest restorable side, in multiples of the model's training size
 DEFAULT_NFE = {"dps": 1000, "cddb": 20, "cddb-deep": 20, "blinddps": 1000}
 
 
@@ -130,9 +132,10 @@ class Restorer:
                 f"image {images.shape[1]}x{images.shape[2]} restores to {H}x{W}, smaller than the "
                 f"model's {model.size}x{model.size}"
             )
-        if H % model.multiple or W % model.multiple:
+        if max(H, W) > MAX_SIDE_FACTOR * model.size:
             raise RestorationInputError(
-                f"image sides {H}x{W} must be multiples of {model.multiple}"
+                f"image restores to {H}x{W}, larger than {MAX_SIDE_FACTOR}x the model's "
+                f"{model.size} px (attention memory); downsample it or use a larger-size model"
             )
         try:
             deg.operator.A(torch.zeros(1, 1, H, W)) if not deg.blind else None

@@ -23,7 +23,7 @@ class BridgeSchedule:
         )
         betas = torch.cat([half, half.flip(0)])
         self.var_fwd = betas.cumsum(0)  # s2(t)
-        self.var_bwd = betas.sum() - self.var_fwd  # b2(t)
+        self.var_bwd = (betas.sum() - self.var_fwd).clamp_min(0)  # b2(t); exactly 0 at t = n - 1
         self.std_fwd = self.var_fwd.sqrt().float()
 
     def config(self) -> dict[str, Any]:

@@ -21,3 +21,7 @@ class ModelDirError(RestorationError, FileNotFoundError):
 
 class UnsupportedMethodError(RestorationError, ValueError):
     """The method cannot solve this degradation (e.g. CDDB on an unknown blur)."""
+
+
+class TrainingDivergedError(RestorationError, RuntimeError):
+    """The training loss became NaN or infinite; nothing is saved past the last good checkpoint."""

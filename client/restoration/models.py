@@ -51,6 +51,20 @@ def _load_unet(folder: Path, device: str) -> UNet2DModel:
     return unet.float().to(device).eval().requires_grad_(False)
 
 
+def run_unet(unet: UNet2DModel, x: torch.Tensor, t: int) -> torch.Tensor:
+    """``unet(x, t)`` for any ``[B, 1, H, W]``: reflect-pads H and W up to the UNet's multiple
+    (2 ** (levels - 1)) and crops the output back, so images need not be multiples of it."""
+    m = 2 ** (len(unet.config.block_out_channels) - 1)
+    H, W = x.shape[-2:]
+    ph, pw = -H % m, -W % m
+    if ph or pw:
+        x = torch.nn.functional.pad(
+            x, (0, pw, 0, ph), mode="reflect" if min(H, W) > m else "replicate"
+        )
+    out = unet(x, torch.full((x.shape[0],), t, device=x.device)).sample
+    return out[..., :H, :W]
+
+
 @dataclass
 class DiffusionPrior:
     """An eps-predicting DDPM: ``unet(x_t, t)`` on ``[B, 1, H, W]`` in [-1, 1]."""
@@ -64,14 +78,9 @@ class DiffusionPrior:
     def size(self) -> int:
         return int(self.unet.config.sample_size)
 
-    @property
-    def multiple(self) -> int:
-        """Input sides must be multiples of this (the UNet's total downsampling)."""
-        return 2 ** (len(self.unet.config.block_out_channels) - 1)
-
     def predict_x0(self, x: torch.Tensor, t: int) -> torch.Tensor:
         a = float(self.alphas_cumprod[t])
-        eps = self.unet(x, torch.full((x.shape[0],), t, device=x.device)).sample
+        eps = run_unet(self.unet, x, t)
         return (x - (1 - a) ** 0.5 * eps) / a**0.5
 
 
@@ -94,16 +103,11 @@ class Bridge:
     sha256: str
 
     @property
-    def multiple(self) -> int:
-        return 2 ** (len(self.unet.config.block_out_channels) - 1)
-
-    @property
     def size(self) -> int:
         return int(self.unet.config.sample_size)
 
     def predict_x0(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        out = self.unet(x, torch.full((x.shape[0],), t, device=x.device)).sample
-        return x - float(self.schedule.std_fwd[t]) * out
+        return x - float(self.schedule.std_fwd[t]) * run_unet(self.unet, x, t)
 
 
 def load_bridge(folder: Path, device: str = "cpu") -> Bridge:

@@ -37,6 +37,7 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from client.restoration.bridge import BridgeSchedule
+from client.restoration.errors import TrainingDivergedError
 from client.restoration.operators import DEFAULT_KERNEL_GRID, Degradation, random_kernel
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -157,6 +158,8 @@ def train_loop(
             while step < cfg.steps:
                 batch = sample(cfg.batch, rng, gen)
                 loss = loss_fn(model, batch, gen)
+                if not torch.isfinite(loss):
+                    raise TrainingDivergedError(f"{desc}: loss {loss.item()} at step {step + 1}")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -154,7 +154,7 @@ def _resize(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
     if image.shape == (size, size):
         return image.astype(np.float32)
     resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
-    return np.asarray(Image.fromarray(image.astype(np.float32)).resize((size, size), resample))
+    return np.array(Image.fromarray(image.astype(np.float32)).resize((size, size), resample))
 
 
 def _read_mask(root: Path, rel: str | None, size: int) -> torch.Tensor | None:

@@ -103,7 +103,7 @@ def test_api_rejects_bad_inputs_with_typed_errors(tiny_models: Path) -> None:
         good[0],
         np.zeros((1, 32, 32, 3), np.float32),
         np.zeros((1, 16, 16), np.float32),
-        np.zeros((1, 30, 30), np.float32),
+        np.zeros((1, 32, 129), np.float32),
         (good * 255).astype(np.uint8),
     ]
     for images in cases:
@@ -117,6 +117,9 @@ def test_api_rejects_bad_inputs_with_typed_errors(tiny_models: Path) -> None:
         Restorer("magic", tiny_models)
     with pytest.raises(ModelDirError):
         Restorer("dps", tiny_models / "nowhere")
+    # Sides that are not a multiple of the UNet's downsampling still work (padded inside).
+    odd = r.restore(np.full((1, 35, 33), 0.5, np.float32), BLUR)
+    assert odd[0].image.shape == (35, 33) and np.isfinite(odd[0].image).all()
     # sr:2 restores a 16-px observation onto the 32-px grid.
     out = r.restore(np.full((1, 16, 16), 0.5, np.float32), "sr:2")
     assert out[0].image.shape == (32, 32)

@@ -49,3 +49,21 @@ def test_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 5
     fresh = train_prior("phantoms", 32, tmp_path / "b", cfg, preset="tiny", resume=False)
     assert fresh == first  # same seed, same losses
+
+
+def test_a_diverging_loss_stops_training_with_a_typed_error(tmp_path: Path) -> None:
+    import numpy as np
+    import pytest
+
+    from client.restoration.errors import TrainingDivergedError
+    from client.restoration.training import build_unet, train_loop
+
+    def sample(batch: int, rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
+        return torch.zeros(batch, 1, 16, 16)
+
+    def nan_loss(model, batch, gen):  # a real forward pass whose loss is poisoned
+        return model(batch, torch.zeros(len(batch), dtype=torch.long)).sample.mean() * float("nan")
+
+    with pytest.raises(TrainingDivergedError):
+        train_loop(build_unet(16, "tiny"), tmp_path, sample, nan_loss, TrainConfig(steps=3), "nan")
+    assert not (tmp_path / "unet").exists()

@@ -1,0 +1,103 @@
+"""Flower glue for a client: unpack the message, call `client.local_training`, pack the reply."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.body_client import RemoteBodyLink
+from client.local_training import evaluate_site, train_round
+from client.restored_data import with_scanner
+from client.site_data import SiteData, deployed_site, simulated_site
+from shared.config import FederationConfig
+from shared.train.task_model import TaskModel
+
+log = logging.getLogger(__name__)
+app = ClientApp()
+
+torch.set_num_threads(1)  # many clients share few cores in simulation; one thread avoids thrashing
+
+
+@lru_cache(maxsize=8)
+def _parse(config_json: str) -> FederationConfig:
+    return FederationConfig.model_validate_json(config_json)
+
+
+def _site(cfg: FederationConfig, context: Context) -> SiteData:
+    node = context.node_config
+    if "partition-id" in node:  # simulation: one slice of the pooled data
+        return _simulated(cfg.model_dump_json(), int(node["partition-id"]))
+    missing = [k for k in ("site-id", "task", "data-path") if k not in node]
+    if missing:
+        raise ValueError(f"node config lacks {missing}: start the SuperNode with --node-config")
+    return _deployed(str(node["site-id"]), str(node["task"]), str(node["data-path"]), cfg.model.image_size, cfg.seed)
+
+
+@lru_cache(maxsize=8)
+def _simulated(config_json: str, partition_id: int) -> SiteData:
+    cfg = _parse(config_json)
+    return with_scanner(cfg, simulated_site(cfg, partition_id), partition_id)
+
+
+@lru_cache(maxsize=4)
+def _deployed(site_id: str, task: str, data_path: str, size: int, seed: int) -> SiteData:
+    return deployed_site(site_id, task, data_path, size, seed)
+
+
+@app.query("describe")
+def describe(msg: Message, context: Context) -> Message:
+    cfg = _parse(str(msg.content["config"]["festa-config"]))
+    site = _site(cfg, context)
+    info = ConfigRecord(
+        {
+            "site-id": site.site_id,
+            "task": site.task,
+            "num-train": int(len(site.train_indices)),
+            "num-val": int(len(site.val_indices)),
+        }
+    )
+    return Message(RecordDict({"site": info}), reply_to=msg)
+
+
+def _prepare(msg: Message, context: Context) -> tuple[FederationConfig, SiteData, TaskModel, dict]:
+    config = msg.content["config"]
+    cfg = _parse(str(config["festa-config"]))
+    site = _site(cfg, context)
+    if site.task != config["task"]:
+        raise ValueError(f"server sent task {config['task']!r} to a {site.task!r} site")
+    model = TaskModel.build(site.task, cfg.model)
+    model.load_state_dict(msg.content["weights"].to_torch_state_dict())
+    return cfg, site, model.to(cfg.device), config
+
+
+def _link(cfg: FederationConfig, config: dict) -> RemoteBodyLink:
+    return RemoteBodyLink(str(config["body-endpoint"]), str(config["token"]), wire_dtype=cfg.wire)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg, site, model, config = _prepare(msg, context)
+    with _link(cfg, config) as link:
+        metrics = train_round(cfg, site, model, link, int(config["round"]))
+        metrics["bytes-sent"] = link.bytes_sent
+        metrics["bytes-received"] = link.bytes_received
+    metrics.update({f"restoration-{k}": v for k, v in site.restoration.items()})
+    content = RecordDict(
+        {
+            "weights": ArrayRecord(model.state_dict()),
+            "metrics": MetricRecord({k: float(v) for k, v in metrics.items()}),
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    cfg, site, model, config = _prepare(msg, context)
+    with _link(cfg, config) as link:
+        metrics = evaluate_site(cfg, site, model, link, int(config["round"]))
+    return Message(RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()})}), reply_to=msg)

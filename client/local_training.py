@@ -1,0 +1,90 @@
+"""What a client does in a round, without Flower: train its head/tail against the body, evaluate."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from client.site_data import SiteData
+from shared.config import FederationConfig
+from shared.model.permutation import TokenPermutation
+from shared.model.split import BodyLink, split_train_step
+from shared.train.task_model import TaskModel, evaluate, make_loader, to_device
+
+
+class SimulatedFault(RuntimeError):
+    """Raised by the fault-injection setting (`FederationConfig.fault`), never otherwise."""
+
+
+def round_seed(seed: int, round_number: int, site_id: str) -> int:
+    """A seed unique to (run seed, round, site), stable across processes and restarts."""
+    return int(np.random.SeedSequence([seed, round_number, *site_id.encode()]).generate_state(1)[0])
+
+
+def train_round(
+    cfg: FederationConfig,
+    site: SiteData,
+    model: TaskModel,
+    link: BodyLink,
+    round_number: int,
+) -> dict[str, Any]:
+    """`cfg.local_steps` split steps of `model` on the site's data; returns the reply metrics."""
+    if len(site.train_indices) == 0:
+        raise ValueError(f"site {site.site_id} has no training samples for task {site.task}")
+    seed = round_seed(cfg.seed, round_number, site.site_id)
+    torch.manual_seed(seed)
+    loader = make_loader(site.train, site.train_indices, cfg.optim.batch_size, True, seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    perm_gen = torch.Generator().manual_seed(seed)
+    model.train(True)
+    losses: list[float] = []
+    examples = 0
+    started = time.perf_counter()
+    batches = iter(loader)
+    fault = cfg.fault
+    for step in range(cfg.local_steps):
+        if fault.site == site.site_id and fault.round == round_number and step == fault.after_steps:
+            raise SimulatedFault(f"{site.site_id} failed on purpose in round {round_number} at step {step}")
+        try:
+            batch = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            batch = next(batches)
+        batch = to_device(batch, cfg.device)
+        optimizer.zero_grad(set_to_none=True)
+        result = split_train_step(
+            model.head, model.tail, model.task.loss, batch, link, perm_gen, permute=cfg.permute
+        )
+        optimizer.step()
+        losses.append(result.loss)
+        examples += result.num_examples
+    return {
+        "num-examples": examples,
+        "train-loss": float(np.mean(losses)),
+        "train-loss-last": losses[-1],
+        "steps": cfg.local_steps,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def evaluate_site(
+    cfg: FederationConfig, site: SiteData, model: TaskModel, link: BodyLink, round_number: int
+) -> dict[str, Any]:
+    """Task metrics of `model` on the site's validation samples, through the body."""
+    if len(site.val_indices) == 0:
+        return {"num-examples": 0}
+    loader = make_loader(site.val, site.val_indices, 2 * cfg.optim.batch_size, False, 0)
+    gen = torch.Generator().manual_seed(round_seed(cfg.seed, round_number, site.site_id) + 1)
+
+    def body(tokens: torch.Tensor) -> torch.Tensor:
+        if not cfg.permute:
+            return link.evaluate(tokens)
+        perm = TokenPermutation(tokens.shape[1], gen)
+        return perm.unshuffle(link.evaluate(perm.shuffle(tokens)))
+
+    metrics = evaluate(model, loader, body, cfg.model, cfg.device)
+    metrics["num-examples"] = int(len(site.val_indices))
+    return metrics

@@ -1,0 +1,21 @@
+"""The gRPC body service: the shared transformer body, served to clients per round."""
+
+from server.body_service.service import BodyService, RoundReport, TlsFiles
+from server.body_service.tokens import (
+    ExpiredTokenError,
+    InvalidTokenError,
+    TokenClaims,
+    issue_token,
+    verify_token,
+)
+
+__all__ = [
+    "BodyService",
+    "ExpiredTokenError",
+    "InvalidTokenError",
+    "RoundReport",
+    "TlsFiles",
+    "TokenClaims",
+    "issue_token",
+    "verify_token",
+]

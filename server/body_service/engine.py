@@ -1,0 +1,127 @@
+"""The body and its optimizer, behind one lock: the only code that touches the parameters."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class RoundClosedError(RuntimeError):
+    """A computation was asked for after its round closed; the body was not touched."""
+
+
+@dataclass
+class ForwardState:
+    """Autograd state kept between a forward and its backward."""
+
+    inputs: torch.Tensor  # [B, N, D] leaf that requires grad
+    outputs: torch.Tensor  # [B, N, D] body output, graph attached
+
+
+class BodyEngine:
+    """Runs the body's forward, backward (+ AdamW step) and evaluate, one at a time.
+
+    Every call holds `lock`, and checks `is_open()` under it, so once the owner flips that
+    to False and has taken the lock once, no later call changes the body.
+    """
+
+    def __init__(
+        self,
+        body: nn.Module,
+        *,
+        lr: float,
+        weight_decay: float,
+        device: str | torch.device,
+        autocast_bf16: bool,
+    ):
+        self.device = torch.device(device)
+        if autocast_bf16 and self.device.type != "cuda":
+            raise ValueError("autocast_bf16 needs a CUDA device")
+        self.body = body.to(self.device)
+        self.optimizer = torch.optim.AdamW(self.body.parameters(), lr=lr, weight_decay=weight_decay)
+        self.autocast_bf16 = autocast_bf16
+        self.lock = threading.Lock()
+        self.is_open: Callable[[], bool] = lambda: True
+
+    def set_trainable(self, trainable: bool) -> None:
+        """Body parameters take gradients only when the body trains this round."""
+        with self.lock:
+            for p in self.body.parameters():
+                p.requires_grad_(trainable)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[ForwardState, torch.Tensor]:
+        """tokens `[B, N, D]` -> (state for backward, body output `[B, N, D]` float32 CPU)."""
+        with self._guard():
+            inputs = tokens.to(self.device).requires_grad_(True)
+            with self._autocast():
+                outputs = self.body(inputs)
+            return ForwardState(inputs, outputs), outputs.detach().float().cpu()
+
+    def backward(
+        self,
+        states: Sequence[ForwardState],
+        grad_outputs: Sequence[torch.Tensor],
+        optimizer_step: bool,
+    ) -> list[torch.Tensor]:
+        """Backward of one or more forwards together, then (if asked) ONE AdamW step.
+
+        grad_outputs[i] is the grad w.r.t. states[i]'s output `[B, N, D]`; returns the grads
+        w.r.t. each forward's tokens. Several forwards (sync mode, groups of different N) add
+        their parameter gradients before the single optimizer step.
+        """
+        with self._guard():
+            outputs = [state.outputs for state in states]
+            grads = [
+                g.to(self.device, out.dtype) for g, out in zip(grad_outputs, outputs, strict=True)
+            ]
+            torch.autograd.backward(outputs, grads)
+            grad_tokens = []
+            for state in states:
+                assert state.inputs.grad is not None
+                grad_tokens.append(state.inputs.grad.detach().float().cpu())
+            if optimizer_step:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            return grad_tokens
+
+    def evaluate(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens `[B, N, D]` -> body output, without autograd state."""
+        with self._guard(), torch.no_grad():
+            was_training = self.body.training
+            self.body.eval()
+            try:
+                with self._autocast():
+                    return self.body(tokens.to(self.device)).float().cpu()
+            finally:
+                self.body.train(was_training)
+
+    def state_dict(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "body": {k: v.detach().cpu().clone() for k, v in self.body.state_dict().items()},
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with self.lock:
+            self.body.load_state_dict(state["body"])
+            self.optimizer.load_state_dict(state["optimizer"])
+
+    @contextlib.contextmanager
+    def _guard(self):
+        with self.lock:
+            if not self.is_open():
+                raise RoundClosedError("the round is closed")
+            yield
+
+    def _autocast(self):
+        if self.autocast_bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()

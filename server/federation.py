@@ -1,0 +1,435 @@
+"""The federation's server side, without Flower: rounds, tokens, per-task FedAvg, checkpoints.
+
+`Federation.run(transport)` drives a whole run. The transport (the Flower glue in
+`server.flower_app`) only moves one `train`/`evaluate` message per client per round; the
+per-batch traffic goes through the in-process `BodyService`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from server.body_service.service import BodyService
+from server.body_service.tokens import issue_token
+from shared.config import FederationConfig
+from shared.fedavg import fedavg
+from shared.model.body import Body
+from shared.runinfo import append_jsonl, environment_info, seed_everything, write_json
+from shared.train.task_model import TaskModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClientInfo:
+    """A node as it described itself in the opening `query`."""
+
+    node_id: int
+    site_id: str
+    task: str
+    num_train: int
+    num_val: int
+
+
+@dataclass
+class Instruction:
+    """One message to one client: train or evaluate its task's head/tail for a round."""
+
+    client: ClientInfo
+    state: dict[str, torch.Tensor]
+    config: dict[str, Any]
+
+
+@dataclass
+class Reply:
+    """A client's answer; `state` is None for evaluation or when the client failed."""
+
+    client: ClientInfo
+    metrics: dict[str, float] = field(default_factory=dict)
+    state: dict[str, torch.Tensor] | None = None
+    error: str | None = None
+
+
+class Transport(Protocol):
+    """How the federation reaches clients (Flower in practice)."""
+
+    def describe(self, cfg: FederationConfig, timeout_s: float) -> list[ClientInfo]: ...
+
+    def send(self, kind: str, round_number: int, instructions: list[Instruction], timeout_s: float) -> list[Reply]: ...
+
+
+class Federation:
+    """Server-side state of one run and the round loop that evolves it."""
+
+    def __init__(
+        self,
+        cfg: FederationConfig,
+        out_dir: str | Path,
+        *,
+        resume: bool = False,
+        store: Any = None,
+        console: Console | None = None,
+        tls: Any = None,
+    ):
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "checkpoints").mkdir(exist_ok=True)
+        self.console = console or Console()
+        self.store = store
+        self.tls = tls
+        seed_everything(cfg.seed)
+        ckpt = self._read_checkpoint() if resume else None
+        self.run_id = ckpt["run_id"] if ckpt else secrets.token_hex(6)
+        self.secret = secrets.token_bytes(32)
+        body = Body(cfg.model)
+        self.body = BodyService(
+            body,
+            cfg.model,
+            secret=self.secret,
+            lr=cfg.optim.lr,
+            weight_decay=cfg.optim.weight_decay,
+            device=cfg.device,
+            autocast_bf16=cfg.device.startswith("cuda"),
+            run_id=self.run_id,
+        )
+        # Every task starts from one seeded initialisation; every client of a task from its average.
+        self.task_states: dict[str, dict[str, torch.Tensor]] = {}
+        for name in cfg.tasks:
+            torch.manual_seed(cfg.seed + 1 + cfg.tasks.index(name))
+            self.task_states[name] = TaskModel.build(name, cfg.model).state_dict()
+        self.client_states: dict[str, dict[str, torch.Tensor]] = {}
+        self.history: list[dict[str, Any]] = []
+        self.reply_states: dict[str, dict[str, torch.Tensor]] = {}  # last round's, for audit
+        self.store_run: int | None = None  # this run's id in the run store
+        self.excluded: set[str] = set()
+        self.start_round = 1
+        self.started = time.time()
+        if ckpt:
+            self._restore(ckpt)
+        elif (self.out / "rounds.jsonl").exists():
+            raise FileExistsError(f"{self.out} already holds a run; use --resume or another --out")
+        write_json(self.out / "config.json", cfg.model_dump())
+
+    # ---- the run ---------------------------------------------------------------------------
+
+    def run(self, transport: Transport) -> dict[str, Any]:
+        cfg = self.cfg
+        port = self.body.start(cfg.body_host, cfg.body_port, tls=self.tls)
+        endpoint = cfg.body_endpoint or f"{cfg.body_host}:{port}"
+        state = "failed"
+        try:
+            self._open_store_run()
+            clients = transport.describe(cfg, timeout_s=cfg.round_timeout_s)
+            self._show_roster(clients)
+            for c in clients:
+                self._store("mark_client", c.site_id, True, node_id=c.node_id, task=c.task)
+            for r in range(self.start_round, cfg.rounds + 1):
+                if self._apply_admin_actions():
+                    state = "stopped"
+                    break
+                active = [c for c in clients if c.site_id not in self.excluded]
+                self._round(transport, active, r, endpoint)
+            else:
+                state = "finished"
+            summary = self._summary(clients)
+            summary["state"] = state
+            write_json(self.out / "summary.json", summary)
+            return summary
+        finally:
+            self.body.stop()
+            self._store("finish_run", state)
+
+    # ---- run store (optional) ----------------------------------------------------------------
+
+    def _store(self, method: str, *args: Any, **kwargs: Any) -> None:
+        """Call a run-store writer for this run; a store failure is logged, never fatal."""
+        if self.store is None or self.store_run is None:
+            return
+        try:
+            getattr(self.store, method)(self.store_run, *args, **kwargs)
+        except Exception:  # the run matters more than its dashboard
+            log.exception("run store: %s failed", method)
+
+    def _open_store_run(self) -> None:
+        if self.store is None:
+            return
+        if self.store_run is not None:  # resumed
+            self.store.resume_run(self.store_run)
+        else:
+            self.store_run = self.store.create_run(self.out.name, self.cfg.model_dump(), self.cfg.rounds)
+
+    def _apply_admin_actions(self) -> bool:
+        """Apply console actions (stop, exclude a site); True when the run must stop."""
+        if self.store is None or self.store_run is None:
+            return False
+        stop = False
+        for action in self.store.pending_actions(self.store_run):
+            if action["kind"] == "stop":
+                stop = True
+            elif action["kind"] == "exclude_site":
+                self.excluded.add(action["site_id"])
+                self.console.print(f"[yellow]site {action['site_id']} excluded by the console[/]")
+            self.store.ack_action(action["id"])
+        return stop
+
+    def _round(self, transport: Transport, clients: list[ClientInfo], r: int, endpoint: str) -> None:
+        cfg = self.cfg
+        phase = cfg.schedule.phase(r, cfg.rounds)
+        train_body = cfg.schedule.trains_body(phase)
+        started = time.perf_counter()
+        self._store("start_round", r, phase)
+        self.body.open_round(
+            r,
+            {str(c.node_id): c.task for c in clients},
+            train_body=train_body,
+            mode=cfg.mode,
+            step_deadline_s=cfg.step_deadline_s,
+        )
+        self.reply_states = {}
+        train_msgs = [
+            Instruction(c, self._state_for(c), self._message_config(c, r, phase, endpoint)) for c in clients
+        ]
+        try:
+            replies = transport.send("train", r, train_msgs, cfg.round_timeout_s)
+        finally:
+            report = self.body.close_round()
+
+        dropped: dict[str, str] = {}
+        for reply in replies:
+            site = reply.client.site_id
+            node = str(reply.client.node_id)
+            if reply.error or reply.state is None:
+                dropped[site] = reply.error or "no weights in reply"
+            elif node in report.dropped:
+                dropped[site] = report.dropped[node]
+            else:
+                self.client_states[site] = reply.state
+                self.reply_states[site] = reply.state
+        if len(dropped) == len(replies):
+            raise RuntimeError(f"round {r}: every client failed: {dropped}")
+        for site, why in dropped.items():
+            self.console.print(f"[yellow]round {r}: dropped {site}: {why}[/]")
+            self._store("record_event", "dropped", f"{site}: {why}", site_id=site)
+
+        # FedAvg within each task group; tasks never average together.
+        ok = [rep for rep in replies if rep.client.site_id not in dropped]
+        if cfg.schedule.unifies(r, cfg.rounds):
+            for task in cfg.tasks:
+                group = [rep for rep in ok if rep.client.task == task]
+                if group:
+                    self.task_states[task] = fedavg(
+                        [self.client_states[rep.client.site_id] for rep in group],
+                        [max(rep.metrics.get("num-examples", 1), 1) for rep in group],
+                    )
+            self.client_states.clear()
+
+        # Evaluate each task's model on its clients' validation data through the body.
+        self.body.open_round(
+            r, {str(c.node_id): c.task for c in clients}, train_body=False, mode="async",
+            step_deadline_s=cfg.step_deadline_s,
+        )
+        eval_msgs = [
+            Instruction(c, self._state_for(c), self._message_config(c, r, "evaluate", endpoint))
+            for c in clients
+            if c.site_id not in dropped
+        ]
+        try:
+            evals = transport.send("evaluate", r, eval_msgs, cfg.round_timeout_s)
+        finally:
+            eval_report = self.body.close_round()
+
+        record = self._round_record(r, phase, train_body, replies, evals, dropped, report, eval_report, started)
+        self.history.append(record)
+        append_jsonl(self.out / "rounds.jsonl", record)
+        self._save_checkpoint(r)
+        self._write_store(record)
+        self._show_round(record)
+
+    # ---- messages --------------------------------------------------------------------------
+
+    def _state_for(self, client: ClientInfo) -> dict[str, torch.Tensor]:
+        return self.client_states.get(client.site_id, self.task_states[client.task])
+
+    def _message_config(self, client: ClientInfo, r: int, phase: str, endpoint: str) -> dict[str, Any]:
+        token = issue_token(
+            self.secret, self.run_id, r, str(client.node_id), client.task, ttl_s=self.cfg.round_timeout_s
+        )
+        return {
+            "round": r,
+            "phase": phase,
+            "task": client.task,
+            "site-id": client.site_id,
+            "body-endpoint": endpoint,
+            "token": token,
+            "festa-config": self.cfg.model_dump_json(),
+        }
+
+    # ---- records ---------------------------------------------------------------------------
+
+    def _round_record(self, r, phase, train_body, replies, evals, dropped, report, eval_report, started):
+        clients = {}
+        for reply in replies:
+            node = str(reply.client.node_id)
+            clients[reply.client.site_id] = {
+                "node_id": node,
+                "task": reply.client.task,
+                "num_examples": int(reply.metrics.get("num-examples", 0)),
+                "train_loss": reply.metrics.get("train-loss"),
+                "bytes_sent": int(report.bytes_in.get(node, 0)),
+                "bytes_received": int(report.bytes_out.get(node, 0)),
+                "seconds": reply.metrics.get("seconds"),
+                "dropped": dropped.get(reply.client.site_id),
+                "restoration": {
+                    k.removeprefix("restoration-"): int(v)
+                    for k, v in reply.metrics.items()
+                    if k.startswith("restoration-")
+                },
+            }
+        per_task: dict[str, dict[str, float]] = {}
+        for task in self.cfg.tasks:
+            group = [e for e in evals if e.client.task == task and not e.error and e.metrics.get("num-examples")]
+            if not group:
+                continue
+            weights = [e.metrics["num-examples"] for e in group]
+            keys = set.intersection(*(set(e.metrics) for e in group)) - {"num-examples"}
+            per_task[task] = {
+                k: sum(e.metrics[k] * w for e, w in zip(group, weights, strict=True)) / sum(weights)
+                for k in sorted(keys)
+            }
+            for e in group:
+                clients[e.client.site_id]["val"] = {k: e.metrics[k] for k in keys}
+        return {
+            "round": r,
+            "phase": phase,
+            "train_body": train_body,
+            "tasks": per_task,
+            "clients": clients,
+            "dropped": dropped,
+            "body": {
+                "steps": report.steps,
+                "tokens": report.tokens_processed + eval_report.tokens_processed,
+                "train_seconds": report.seconds,
+            },
+            "bytes_total": sum(c["bytes_sent"] + c["bytes_received"] for c in clients.values()),
+            "seconds": time.perf_counter() - started,
+        }
+
+    def _write_store(self, record: dict[str, Any]) -> None:
+        r = record["round"]
+        for task, metrics in record["tasks"].items():
+            self._store("record_task_metrics", r, task, metrics)
+        for site, c in record["clients"].items():
+            self._store(
+                "record_client_round", r, c["node_id"], site, c["task"], c["num_examples"],
+                c["bytes_sent"], c["bytes_received"], c.get("val") or {}, c["dropped"],
+            )
+            counts = c.get("restoration") or {}
+            if counts.get("degraded"):
+                self._store(
+                    "record_restoration", r, site, counts.get("restored", 0), counts.get("pending", 0),
+                    counts.get("quarantined", 0),
+                )
+        secs = record["body"]["train_seconds"] or 1e-9
+        self._store("record_body_throughput", r, record["body"]["tokens"] / secs, record["body"]["steps"])
+        self._store("finish_round", r, record["seconds"])
+
+    def _summary(self, clients: list[ClientInfo]) -> dict[str, Any]:
+        last = self.history[-1] if self.history else {"tasks": {}}
+        return {
+            "run_id": self.run_id,
+            "final": last["tasks"],
+            "rounds": self.cfg.rounds,
+            "clients": [vars(c) for c in clients],
+            "bytes_per_client_per_round": [
+                {site: c["bytes_sent"] + c["bytes_received"] for site, c in h["clients"].items()}
+                for h in self.history
+            ],
+            "dropped": {h["round"]: h["dropped"] for h in self.history if h["dropped"]},
+            "wall_seconds": time.time() - self.started,
+            "seed": self.cfg.seed,
+            "config": self.cfg.model_dump(),
+            "environment": environment_info(),
+        }
+
+    # ---- checkpoints -----------------------------------------------------------------------
+
+    def _save_checkpoint(self, r: int) -> None:
+        path = self.out / "checkpoints" / f"round_{r:03d}.pt"
+        tmp = path.with_suffix(".tmp")
+        torch.save(
+            {
+                "round": r,
+                "run_id": self.run_id,
+                "config": self.cfg.model_dump(),
+                "body": self.body.state_dict(),
+                "task_states": self.task_states,
+                "client_states": self.client_states,
+                "reply_states": self.reply_states,
+                "history": self.history,
+                "store_run": self.store_run,
+                "excluded": sorted(self.excluded),
+                "rng": torch.get_rng_state(),
+            },
+            tmp,
+        )
+        tmp.replace(path)
+        shutil.copyfile(path, self.out / "checkpoints" / "latest.tmp")
+        (self.out / "checkpoints" / "latest.tmp").replace(self.out / "checkpoints" / "latest.pt")
+        self._store("record_checkpoint", r, str(path))
+
+    def _read_checkpoint(self) -> dict[str, Any]:
+        path = self.out / "checkpoints" / "latest.pt"
+        if not path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+        ckpt = torch.load(path, weights_only=False)
+        saved = FederationConfig.model_validate(ckpt["config"])
+        if saved != self.cfg:
+            raise ValueError(f"--resume: the config differs from the checkpointed run in {path}")
+        return ckpt
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        self.body.load_state_dict(ckpt["body"])
+        self.task_states = ckpt["task_states"]
+        self.client_states = ckpt["client_states"]
+        self.history = ckpt["history"]
+        self.store_run = ckpt.get("store_run")
+        self.excluded = set(ckpt.get("excluded", []))
+        torch.set_rng_state(ckpt["rng"])
+        self.start_round = ckpt["round"] + 1
+        # rounds.jsonl may hold rounds after the checkpoint if the crash came between writes.
+        (self.out / "rounds.jsonl").write_text("")
+        for h in self.history:
+            append_jsonl(self.out / "rounds.jsonl", h)
+        self.console.print(f"resuming run {self.run_id} at round {self.start_round}")
+
+    # ---- console output --------------------------------------------------------------------
+
+    def _show_roster(self, clients: list[ClientInfo]) -> None:
+        table = Table(title=f"festa run {self.run_id}: {len(clients)} clients")
+        for col in ("site", "node", "task", "train", "val"):
+            table.add_column(col)
+        for c in clients:
+            table.add_row(c.site_id, str(c.node_id), c.task, str(c.num_train), str(c.num_val))
+        self.console.print(table)
+
+    def _show_round(self, record: dict[str, Any]) -> None:
+        parts = [f"[bold]round {record['round']}/{self.cfg.rounds}[/] {record['phase']:<13}"]
+        for task, m in record["tasks"].items():
+            key = {"classification": "auc", "segmentation": "dice", "detection": "map50"}.get(task, "loss")
+            if key in m:
+                parts.append(f"{task[:4]} {key}={m[key]:.3f}")
+        parts.append(f"{record['bytes_total'] / 1e6:.1f} MB  {record['seconds']:.1f} s")
+        if record["dropped"]:
+            parts.append(f"[yellow]dropped: {', '.join(record['dropped'])}[/]")
+        self.console.print("  ".join(parts))

@@ -1,0 +1,121 @@
+"""Flower glue for the server: message in, message out. The round logic is `server.federation`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from server.federation import ClientInfo, Federation, Instruction, Reply
+from shared.config import FederationConfig, model_preset, validate
+
+log = logging.getLogger(__name__)
+
+
+class FlowerTransport:
+    """One Flower message per client per round (`query.describe`, `train`, `evaluate`)."""
+
+    def __init__(self, grid: Grid, poll_s: float = 0.5):
+        self.grid = grid
+        self.poll_s = poll_s
+
+    def describe(self, cfg: FederationConfig, timeout_s: float) -> list[ClientInfo]:
+        """Wait for `cfg.clients` nodes, then ask each for its site, task and data sizes."""
+        deadline = time.monotonic() + timeout_s
+        while len(node_ids := sorted(self.grid.get_node_ids())) < cfg.clients:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(node_ids)} of {cfg.clients} nodes connected in {timeout_s:.0f} s")
+            time.sleep(self.poll_s)
+        content = RecordDict({"config": ConfigRecord({"festa-config": cfg.model_dump_json()})})
+        messages = [Message(content, dst_node_id=n, message_type="query.describe") for n in node_ids]
+        clients = []
+        for reply in self.grid.send_and_receive(messages, timeout=timeout_s):
+            if reply.has_error():
+                log.warning("node %s could not describe itself: %s", reply.metadata.src_node_id, reply.error.reason)
+                continue
+            info = reply.content["site"]
+            clients.append(
+                ClientInfo(
+                    node_id=reply.metadata.src_node_id,
+                    site_id=str(info["site-id"]),
+                    task=str(info["task"]),
+                    num_train=int(info["num-train"]),
+                    num_val=int(info["num-val"]),
+                )
+            )
+        unknown = {c.task for c in clients} - set(cfg.tasks)
+        if unknown:
+            raise ValueError(f"nodes report tasks {sorted(unknown)} that this run does not train")
+        return sorted(clients, key=lambda c: c.site_id)
+
+    def send(self, kind: str, round_number: int, instructions: list[Instruction], timeout_s: float) -> list[Reply]:
+        by_node = {ins.client.node_id: ins.client for ins in instructions}
+        messages = [
+            Message(
+                RecordDict(
+                    {
+                        "weights": ArrayRecord(ins.state),
+                        "config": ConfigRecord(ins.config),
+                    }
+                ),
+                dst_node_id=ins.client.node_id,
+                message_type=kind,
+                group_id=str(round_number),
+            )
+            for ins in instructions
+        ]
+        replies = {}
+        for msg in self.grid.send_and_receive(messages, timeout=timeout_s):
+            client = by_node[msg.metadata.src_node_id]
+            if msg.has_error():
+                replies[client.node_id] = Reply(client, error=f"client error: {msg.error.reason}")
+                continue
+            metrics = dict(msg.content["metrics"]) if "metrics" in msg.content else {}
+            state = msg.content["weights"].to_torch_state_dict() if "weights" in msg.content else None
+            replies[client.node_id] = Reply(client, metrics=metrics, state=state)
+        for node_id, client in by_node.items():
+            replies.setdefault(node_id, Reply(client, error=f"no reply within {timeout_s:.0f} s"))
+        return [replies[ins.client.node_id] for ins in instructions]
+
+
+def config_from_run_config(run_config: dict[str, Any]) -> tuple[FederationConfig, dict[str, Any]]:
+    """Flat Flower run-config keys (`rounds`, `model.depth`, ...) -> FederationConfig + extras."""
+    extras_keys = {"out", "resume", "preset", "store"}
+    nested: dict[str, Any] = {}
+    extras = {k: run_config[k] for k in extras_keys if k in run_config}
+    for key, value in run_config.items():
+        if key in extras_keys:
+            continue
+        node = nested
+        *parents, leaf = key.replace("-", "_").split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    if "preset" in extras:
+        nested["model"] = {**model_preset(str(extras["preset"])).model_dump(), **nested.get("model", {})}
+    if "tasks" in nested and isinstance(nested["tasks"], str):
+        nested["tasks"] = [t.strip() for t in nested["tasks"].split(",") if t.strip()]
+    return validate(FederationConfig, nested, "run config"), extras
+
+
+def make_server_app(
+    cfg: FederationConfig | None = None, out_dir: str | Path | None = None, resume: bool = False, store: Any = None
+) -> ServerApp:
+    """A ServerApp bound to `cfg` (festa simulate), or reading Flower's run config (`flwr run`)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_cfg, extras = (cfg, {}) if cfg is not None else config_from_run_config(dict(context.run_config))
+        out = out_dir or extras.get("out") or f"runs/flwr-{time.strftime('%Y%m%d-%H%M%S')}"
+        federation = Federation(run_cfg, out, resume=resume or bool(extras.get("resume")), store=store)
+        federation.run(FlowerTransport(grid))
+
+    return app
+
+
+app = make_server_app()

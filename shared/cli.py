@@ -1,0 +1,145 @@
+"""The `festa` command.
+
+`shared` must not import `server` or `client`, so sub-command groups that live there
+(`festa restore`, `festa server`, `festa console`, ...) are found through the
+`festa.commands` entry points that pyproject.toml declares.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from shared.config import CentralConfig, ConfigError, DataConfig, load_toml, model_preset, validate
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+app = typer.Typer(
+    name="festa",
+    help="Federated split learning for chest X-ray AI, with on-site diffusion restoration.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every service event")] = False,
+) -> None:
+    """Federated split learning for chest X-ray AI, with on-site diffusion restoration."""
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
+
+TASK_NAMES = ("classification", "segmentation", "detection")
+
+
+def _tasks(value: str) -> list[str]:
+    tasks = [t.strip() for t in value.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASK_NAMES]
+    if unknown or not tasks:
+        raise typer.BadParameter(f"unknown task(s) {unknown}; choose from {', '.join(TASK_NAMES)}")
+    return tasks
+
+
+@app.command("train-central")
+def train_central_cmd(
+    out: Annotated[Path, typer.Option(help="output folder for summary.json, metrics.jsonl, checkpoint")] = Path(
+        "runs/central"
+    ),
+    data: Annotated[str, typer.Option(help="'phantoms' or a folder with manifest.csv")] = "phantoms",
+    tasks: Annotated[str, typer.Option(help="comma-separated tasks")] = ",".join(TASK_NAMES),
+    config: Annotated[Optional[Path], typer.Option(help="TOML file with a CentralConfig")] = None,
+    preset: Annotated[str, typer.Option(help="model size: tiny or base")] = "tiny",
+    epochs: Annotated[Optional[int], typer.Option(help="training epochs")] = None,
+    train_size: Annotated[Optional[int], typer.Option(help="phantom images for training")] = None,
+    val_size: Annotated[Optional[int], typer.Option(help="phantom images for validation")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="images per batch")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+) -> None:
+    """Train the split model centrally on pooled data (the yardstick for federated runs)."""
+    from shared.train.central import train_central
+
+    try:
+        if config is not None:
+            cfg = load_toml(config, CentralConfig)
+        else:
+            cfg = CentralConfig(model=model_preset(preset))
+        updates: dict = {"tasks": _tasks(tasks), "seed": seed, "device": device}
+        data_cfg = cfg.data.model_dump() | {"source": data}
+        if train_size is not None:
+            data_cfg["train_size"] = train_size
+        if val_size is not None:
+            data_cfg["val_size"] = val_size
+        if batch_size is not None:
+            updates["optim"] = cfg.optim.model_copy(update={"batch_size": batch_size})
+        updates["data"] = validate(DataConfig, data_cfg, "--data")
+        if epochs is not None:
+            updates["epochs"] = epochs
+        cfg = validate(CentralConfig, cfg.model_dump() | updates, "train-central")
+    except ConfigError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    summary = train_central(cfg, out, console=console)
+    console.print(f"final: {summary['primary']}  ({summary['wall_seconds']:.0f} s) -> {out}")
+
+
+@app.command("phantoms")
+def phantoms_cmd(
+    out: Annotated[Path, typer.Option(help="PNG file for the grid")] = Path("phantoms.png"),
+    size: Annotated[int, typer.Option(help="pixels per side")] = 128,
+    rows: int = 2,
+    cols: int = 6,
+    seed: int = 0,
+) -> None:
+    """Save a grid of procedural CXR phantoms as a PNG."""
+    import numpy as np
+    from PIL import Image
+
+    from shared.data.phantoms import make_phantom
+
+    grid = np.concatenate(
+        [
+            np.concatenate([make_phantom(r * cols + c, size, seed).image for c in range(cols)], 1)
+            for r in range(rows)
+        ],
+        0,
+    )
+    Image.fromarray((grid * 255).round().astype(np.uint8)).save(out)
+    console.print(f"wrote {out}")
+
+
+def _load_plugins() -> None:
+    """Attach every `festa.commands` entry point as a sub-command group."""
+    for ep in sorted(entry_points(group="festa.commands"), key=lambda e: e.name):
+        try:
+            sub = ep.load()
+        except Exception as exc:  # a missing optional part must not break the other commands
+            reason = f"{type(exc).__name__}: {exc}"
+
+            def unavailable(name: str = ep.name, why: str = reason) -> None:
+                console.print(f"[red]'festa {name}' is unavailable in this installation:[/] {why}")
+                raise typer.Exit(1)
+
+            app.command(ep.name, help=f"(unavailable: {reason})")(unavailable)
+            continue
+        if ep.name.startswith("_"):
+            app.registered_commands.extend(sub.registered_commands)
+        else:
+            app.add_typer(sub, name=ep.name)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _load_plugins()
+    app()
+
+
+if __name__ == "__main__":
+    main()

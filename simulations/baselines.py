@@ -1,0 +1,91 @@
+"""Baselines for federated claims, in one process and without Flower (DESIGN §2).
+
+- local-only: every client trains its own full model (head, body, tail) on its data alone;
+- plain FedAvg: every task group trains a full model and averages all of it (body included)
+  within the group each round: the body is never shared across tasks.
+
+Both use the same partition, batch size, local steps and rounds as a festa run, and report
+the same per-task validation metrics (mean over the task's clients, weighted by val size).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from client.local_training import round_seed
+from client.site_data import SiteData, simulated_site
+from shared.config import FederationConfig
+from shared.fedavg import fedavg
+from shared.model.body import Body
+from shared.train.task_model import TaskModel, evaluate, make_loader, to_device
+
+
+class FullModel(nn.Module):
+    """head -> body -> tail in one module (no split)."""
+
+    def __init__(self, task: str, cfg: FederationConfig):
+        super().__init__()
+        torch.manual_seed(cfg.seed + 1 + cfg.tasks.index(task))
+        self.parts = TaskModel.build(task, cfg.model)
+        self.head, self.tail = self.parts.head, self.parts.tail
+        torch.manual_seed(cfg.seed)
+        self.body = Body(cfg.model)
+
+
+def _train(model: FullModel, cfg: FederationConfig, site: SiteData, r: int) -> int:
+    seed = round_seed(cfg.seed, r, site.site_id)
+    torch.manual_seed(seed)
+    loader = make_loader(site.train, site.train_indices, cfg.optim.batch_size, True, seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    batches, seen = iter(loader), 0
+    for _ in range(cfg.local_steps):
+        try:
+            batch = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            batch = next(batches)
+        batch = to_device(batch, cfg.device)
+        loss = model.parts.task.loss(model.tail(model.body(model.head(batch["image"]))), batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        seen += len(batch["image"])
+    return seen
+
+
+def _evaluate(models: dict[str, FullModel], sites: dict[str, SiteData], cfg: FederationConfig) -> dict[str, dict[str, float]]:
+    per_task: dict[str, dict[str, float]] = {}
+    for task in cfg.tasks:
+        group = [(name, s) for name, s in sites.items() if s.task == task and len(s.val_indices)]
+        results, weights = [], []
+        for name, site in group:
+            model = models[name]
+            loader = make_loader(site.val, site.val_indices, 2 * cfg.optim.batch_size, False, 0)
+            results.append(evaluate(model.parts, loader, model.body, cfg.model, cfg.device))
+            weights.append(len(site.val_indices))
+        keys = set.intersection(*(set(r) for r in results)) if results else set()
+        per_task[task] = {k: sum(r[k] * w for r, w in zip(results, weights, strict=True)) / sum(weights) for k in keys}
+    return per_task
+
+
+def run_baseline(cfg: FederationConfig, kind: str) -> dict[str, Any]:
+    """`kind` = `local` or `fedavg`; returns {"final": per-task metrics, "bytes_per_client_round": int}."""
+    if kind not in ("local", "fedavg"):
+        raise ValueError(kind)
+    sites = {s.site_id: s for s in (simulated_site(cfg, i) for i in range(cfg.clients))}
+    models = {name: FullModel(site.task, cfg).to(cfg.device) for name, site in sites.items()}
+    for r in range(1, cfg.rounds + 1):
+        examples = {name: _train(models[name], cfg, site, r) for name, site in sites.items()}
+        if kind == "fedavg":
+            for task in cfg.tasks:
+                group = [n for n, s in sites.items() if s.task == task]
+                avg = fedavg([models[n].state_dict() for n in group], [examples[n] for n in group])
+                for n in group:
+                    models[n].load_state_dict(avg)
+    params = sum(p.numel() for p in next(iter(models.values())).parameters())
+    # FedAvg moves the whole fp32 model down and up once per round; local-only moves nothing.
+    traffic = 2 * 4 * params if kind == "fedavg" else 0
+    return {"final": _evaluate(models, sites, cfg), "bytes_per_client_round": traffic, "params": params}

@@ -1,0 +1,85 @@
+"""`festa simulate`: a non-IID federation on one machine through Flower's simulation engine."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from shared.config import FederationConfig
+from shared.runinfo import write_json
+
+log = logging.getLogger(__name__)
+
+
+def run_simulation(
+    cfg: FederationConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    store_path: str | Path | None = None,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Run `cfg` with `cfg.clients` virtual SuperNodes; returns the run's summary."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    from flwr.simulation import run_simulation as flwr_run_simulation
+
+    from client.flower_app import app as client_app
+    from client.site_data import federation_plan
+    from server.flower_app import make_server_app
+    from server.report import write_report
+
+    console = console or Console()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    parts, names, tasks, table, rows = federation_plan(cfg)
+    if len(parts) != cfg.clients:
+        cfg = cfg.model_copy(update={"clients": len(parts)})
+    console.print(table)
+    write_json(out / "partition.json", rows)
+
+    cpus = os.cpu_count() or 1
+    backend = {
+        # Every client must run at once: sync mode waits for all of them at each body step.
+        "client_resources": {"num_cpus": cpus / cfg.clients, "num_gpus": 0.0},
+        "init_args": {"num_cpus": cpus, "include_dashboard": False, "log_to_driver": True},
+    }
+    store = None
+    if store_path is not None:
+        from server.store import RunStore
+
+        Path(store_path).parent.mkdir(parents=True, exist_ok=True)
+        store = RunStore(store_path)
+    started = time.time()
+    # Start Ray before the ServerApp opens the gRPC body service: Ray forks its daemons, and a
+    # fork while gRPC threads run can leave them hung (Flower reuses an initialised Ray).
+    import ray
+
+    own_ray = not ray.is_initialized()
+    if own_ray:
+        ray.init(**backend["init_args"], logging_level=logging.WARNING)
+    try:
+        flwr_run_simulation(
+            server_app=make_server_app(cfg, out, resume=resume, store=store),
+            client_app=client_app,
+            num_supernodes=cfg.clients,
+            backend_config=backend,
+        )
+    finally:
+        if own_ray:
+            ray.shutdown()
+        if store is not None:
+            store.close()
+    summary_path = out / "summary.json"
+    if not summary_path.exists():
+        raise RuntimeError(f"the simulation ended without a summary; see the log above and {out}")
+    write_report(out)
+    console.print(f"done in {time.time() - started:.0f} s -> {out}")
+    import json
+
+    return json.loads(summary_path.read_text())

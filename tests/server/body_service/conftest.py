@@ -1,0 +1,107 @@
+"""A real body service on 127.0.0.1 with a tiny body, and the client pieces that talk to it."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from server.body_service import BodyService, issue_token
+from shared.config import ModelConfig
+from shared.model.body import Body
+from shared.model.head import Head
+
+REPO_ROOT_FOR_SUBPROCESS = str(Path(__file__).resolve().parents[3])
+SECRET = b"test-secret-for-the-body-service"
+RUN_ID = "run-test"
+
+
+@pytest.fixture
+def config() -> ModelConfig:
+    """image 32, patch 8 -> 16 tokens of dim 32; 2 blocks of 2 heads."""
+    return ModelConfig(image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+
+
+class MeanTail(nn.Module):
+    """A trivial tail: mean over tokens, then a linear map to one value per image."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, 1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.linear(tokens.mean(dim=1))
+
+
+def mse_loss(outputs: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    return ((outputs - batch["target"]) ** 2).mean()
+
+
+def make_batch(config: ModelConfig, size: int, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        "image": torch.randn(size, 1, config.image_size, config.image_size, generator=gen),
+        "target": torch.randn(size, 1, generator=gen),
+    }
+
+
+def make_head_tail(config: ModelConfig, seed: int) -> tuple[Head, MeanTail]:
+    torch.manual_seed(seed)
+    return Head(config), MeanTail(config.embed_dim)
+
+
+@pytest.fixture
+def body(config: ModelConfig) -> Body:
+    torch.manual_seed(1234)
+    return Body(config)
+
+
+@pytest.fixture
+def start_service(
+    body: Body, config: ModelConfig
+) -> Iterator[Callable[..., tuple[BodyService, str]]]:
+    """Start a BodyService on a free loopback port around a copy of `body`; stopped after the test."""
+    started: list[BodyService] = []
+
+    def start(**kwargs: Any) -> tuple[BodyService, str]:
+        kwargs.setdefault("lr", 1e-2)
+        service = BodyService(copy.deepcopy(body), config, secret=SECRET, run_id=RUN_ID, **kwargs)
+        port = service.start("127.0.0.1", 0)
+        started.append(service)
+        return service, f"127.0.0.1:{port}"
+
+    yield start
+    for service in started:
+        service.stop(grace_s=0)
+
+
+def token(round_id: int, node_id: str, task: str = "cls", ttl_s: float = 60.0, **kw: Any) -> str:
+    return issue_token(SECRET, RUN_ID, round_id, node_id, task, ttl_s, **kw)
+
+
+def run_concurrently(*fns: Callable[[], Any], timeout_s: float = 60.0) -> list[Any]:
+    """Run each function in its own thread; return their results or raise the first error."""
+    results: list[Any] = [None] * len(fns)
+    errors: list[BaseException] = []
+
+    def runner(i: int, fn: Callable[[], Any]) -> None:
+        try:
+            results[i] = fn()
+        except BaseException as exc:  # re-raised in the test thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=runner, args=(i, fn)) for i, fn in enumerate(fns)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout_s)
+        assert not thread.is_alive(), "a client thread hung"
+    if errors:
+        raise errors[0]
+    return results
