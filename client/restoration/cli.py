@@ -236,5 +236,15 @@ def _parse_or_exit(spec: str):
         raise typer.Exit(2) from None
 
 
+def _register_site_daemon() -> None:
+    """`festa restore serve`: the site daemon lives in `client.service` and adds itself here."""
+    from client.service.cli import register
+
+    register(app)
+
+
+_register_site_daemon()
+
+
 if __name__ == "__main__":
     app()
