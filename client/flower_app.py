@@ -11,7 +11,7 @@ from flwr.clientapp import ClientApp
 
 from client.body_client import RemoteBodyLink
 from client.local_training import evaluate_site, train_round
-from client.restored_data import with_scanner
+from client.restored_data import from_site_daemon, with_scanner
 from client.site_data import SiteData, deployed_site, simulated_site
 from shared.config import FederationConfig
 from shared.train.task_model import TaskModel
@@ -40,6 +40,7 @@ def _site(cfg: FederationConfig, context: Context) -> SiteData:
         str(node["data-path"]),
         cfg.model.image_size,
         cfg.seed,
+        str(node.get("restore-state", "")),
     )
 
 
@@ -50,8 +51,12 @@ def _simulated(config_json: str, partition_id: int) -> SiteData:
 
 
 @lru_cache(maxsize=4)
-def _deployed(site_id: str, task: str, data_path: str, size: int, seed: int) -> SiteData:
-    return deployed_site(site_id, task, data_path, size, seed)
+def _deployed(
+    site_id: str, task: str, data_path: str, size: int, seed: int, restore_state: str
+) -> SiteData:
+    site = deployed_site(site_id, task, data_path, size, seed)
+    # With a restoration daemon on this site (node config `restore-state`), train on its output.
+    return from_site_daemon(site, restore_state, size) if restore_state else site
 
 
 @app.query("describe")

@@ -120,3 +120,46 @@ def _restore(cfg: FederationConfig, acquired: np.ndarray, spec: str, counts: dic
     np.savez(tmp, images=out, provenance=json.dumps(provenance), counts=json.dumps(counts))
     tmp.replace(cache)
     return out, provenance, counts
+
+
+def from_site_daemon(site: SiteData, state_dir: str | Path, image_size: int) -> SiteData:
+    """A deployed site's training images as its restoration daemon restored them.
+
+    Each sample whose original file the daemon restored is replaced by the restored image
+    (with its provenance); any other keeps the original, with the daemon's reason logged.
+    """
+    from client.service.restored_index import RestoredIndex
+    from shared.data.datasets import resize
+    from shared.data.imageio import ImageReadError, read_image
+
+    index = RestoredIndex(state_dir)
+    samples, fallbacks = [], 0
+    for i in site.train_indices:
+        sample = dict(site.train[int(i)])
+        found = index.lookup(sample["path"]) if "path" in sample else None
+        if found is None:
+            fallbacks += 1
+            log.info(
+                "training on the original %s: %s",
+                sample.get("path"),
+                index.why_not(sample.get("path", "")),
+            )
+        else:
+            png, provenance = found
+            try:
+                image = resize(read_image(png), image_size)
+            except ImageReadError as exc:
+                log.warning(
+                    "restored %s unreadable (%s); training on the original", png, exc.reason
+                )
+                fallbacks += 1
+            else:
+                sample["image"] = torch.from_numpy(image).unsqueeze(0)
+                sample["provenance"] = provenance
+        samples.append(sample)
+    counts = {k: int(v) for k, v in index.counts().items()}
+    counts["fallback"] = fallbacks
+    train = CXRDataset(
+        samples, site.train.class_names, site.train.box_class_names, site.train.skipped
+    )
+    return replace(site, train=train, train_indices=np.arange(len(samples)), restoration=counts)
