@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
+    torch.set_num_threads(1)  # the in-process baselines share the cores with simulations
     work = args.work or Path(tempfile.mkdtemp(prefix="festa-bench-"))
     base = FederationConfig(rounds=args.rounds, degrade="none", restore="none")
     command = "python -m simulations.bench_federation " + " ".join(
