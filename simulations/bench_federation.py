@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,8 +29,12 @@ PRIMARY = {"classification": "auc", "segmentation": "dice", "detection": "map50"
 
 def simulate(cfg: FederationConfig, out: Path) -> dict:
     """Run `festa simulate` on `cfg` in a subprocess; return its summary and round records."""
-    out.mkdir(parents=True, exist_ok=True)
     config_path = out.parent / f"{out.name}.json"
+    if (out / "summary.json").exists() and config_path.exists() and config_path.read_text() == cfg.model_dump_json():
+        return _load(out)  # the same run finished earlier in this work folder
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
     config_path.write_text(cfg.model_dump_json())
     toml = out.parent / f"{out.name}.toml"
     toml.write_text(_to_toml(cfg.model_dump()))
@@ -50,6 +55,10 @@ def simulate(cfg: FederationConfig, out: Path) -> dict:
     )
     if result.returncode != 0:
         raise RuntimeError(f"simulate failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return _load(out)
+
+
+def _load(out: Path) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     summary["rounds_records"] = [
         json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()
