@@ -12,6 +12,7 @@ from flwr.clientapp import ClientApp
 
 from client.body_client import RemoteBodyLink
 from client.local_training import evaluate_site, train_round
+from client.restored_data import from_site_daemon, with_scanner
 from client.site_data import SiteData, deployed_site, simulated_site
 from shared.config import FederationConfig
 from shared.train.task_model import TaskModel
@@ -30,16 +31,33 @@ def _parse(config_json: str) -> FederationConfig:
 def _site(cfg: FederationConfig, context: Context) -> SiteData:
     node = context.node_config
     if "partition-id" in node:  # simulation: one slice of the pooled data
-        return simulated_site(cfg, int(node["partition-id"]))
+        return _simulated(cfg.model_dump_json(), int(node["partition-id"]))
     missing = [k for k in ("site-id", "task", "data-path") if k not in node]
     if missing:
         raise ValueError(f"node config lacks {missing}: start the SuperNode with --node-config")
-    return _deployed(str(node["site-id"]), str(node["task"]), str(node["data-path"]), cfg.model.image_size, cfg.seed)
+    return _deployed(
+        str(node["site-id"]),
+        str(node["task"]),
+        str(node["data-path"]),
+        cfg.model.image_size,
+        cfg.seed,
+        str(node.get("restore-state", "")),
+    )
+
+
+@lru_cache(maxsize=8)
+def _simulated(config_json: str, partition_id: int) -> SiteData:
+    cfg = _parse(config_json)
+    return with_scanner(cfg, simulated_site(cfg, partition_id), partition_id)
 
 
 @lru_cache(maxsize=4)
-def _deployed(site_id: str, task: str, data_path: str, size: int, seed: int) -> SiteData:
-    return deployed_site(site_id, task, data_path, size, seed)
+def _deployed(
+    site_id: str, task: str, data_path: str, size: int, seed: int, restore_state: str
+) -> SiteData:
+    site = deployed_site(site_id, task, data_path, size, seed)
+    # With a restoration daemon on this site (node config `restore-state`), train on its output.
+    return from_site_daemon(site, restore_state, size) if restore_state else site
 
 
 @app.query("describe")
@@ -82,6 +100,7 @@ def train(msg: Message, context: Context) -> Message:
         metrics = train_round(cfg, site, model, link, int(config["round"]))
         metrics["bytes-sent"] = link.bytes_sent
         metrics["bytes-received"] = link.bytes_received
+    metrics.update({f"restoration-{k}": v for k, v in site.restoration.items()})
     content = RecordDict(
         {
             "weights": ArrayRecord(model.state_dict()),
@@ -96,4 +115,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg, site, model, config = _prepare(msg, context)
     with _link(cfg, config, context) as link:
         metrics = evaluate_site(cfg, site, model, link, int(config["round"]))
-    return Message(RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()})}), reply_to=msg)
+    return Message(
+        RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()})}),
+        reply_to=msg,
+    )

@@ -12,7 +12,7 @@ from client.site_data import SiteData
 from shared.config import FederationConfig
 from shared.model.permutation import TokenPermutation
 from shared.model.split import BodyLink, split_train_step
-from shared.train.task_model import TaskModel, evaluate, make_loader, to_device
+from shared.train.task_model import TaskModel, cycle_batches, evaluate, make_loader, to_device
 
 
 class SimulatedFault(RuntimeError):
@@ -37,22 +37,20 @@ def train_round(
     seed = round_seed(cfg.seed, round_number, site.site_id)
     torch.manual_seed(seed)
     loader = make_loader(site.train, site.train_indices, cfg.optim.batch_size, True, seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
+    )
     perm_gen = torch.Generator().manual_seed(seed)
     model.train(True)
     losses: list[float] = []
     examples = 0
     started = time.perf_counter()
-    batches = iter(loader)
     fault = cfg.fault
-    for step in range(cfg.local_steps):
+    for step, batch in enumerate(cycle_batches(loader, cfg.local_steps)):
         if fault.site == site.site_id and fault.round == round_number and step == fault.after_steps:
-            raise SimulatedFault(f"{site.site_id} failed on purpose in round {round_number} at step {step}")
-        try:
-            batch = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            batch = next(batches)
+            raise SimulatedFault(
+                f"{site.site_id} failed on purpose in round {round_number} at step {step}"
+            )
         batch = to_device(batch, cfg.device)
         optimizer.zero_grad(set_to_none=True)
         result = split_train_step(
@@ -62,7 +60,9 @@ def train_round(
         losses.append(result.loss)
         examples += result.num_examples
     return {
-        "num-examples": examples,
+        # FedAvg weighs a client by its dataset size, not by how often it looped over it.
+        "num-examples": int(len(site.train_indices)),
+        "examples-seen": examples,
         "train-loss": float(np.mean(losses)),
         "train-loss-last": losses[-1],
         "steps": cfg.local_steps,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -25,6 +25,7 @@ class SiteData:
     train_indices: np.ndarray
     val: CXRDataset
     val_indices: np.ndarray
+    restoration: dict[str, int] = field(default_factory=dict)  # restored/pending/quarantined counts
 
 
 @lru_cache(maxsize=4)
@@ -33,7 +34,9 @@ def _pooled(source: str, split: str, size: int, n: int, seed: int) -> CXRDataset
     return load_dataset(source, split, size, n, seed)
 
 
-def federation_plan(cfg: FederationConfig) -> tuple[list[np.ndarray], list[str], list[str], Table, list[dict]]:
+def federation_plan(
+    cfg: FederationConfig,
+) -> tuple[list[np.ndarray], list[str], list[str], Table, list[dict]]:
     """Partition of the pooled training data into clients: (parts, client names, tasks, table, rows).
 
     Deterministic in the config, so the server and every simulated client compute the same plan.
@@ -42,10 +45,28 @@ def federation_plan(cfg: FederationConfig) -> tuple[list[np.ndarray], list[str],
     pool = _pooled(data.source, data.train_split, cfg.model.image_size, data.train_size, cfg.seed)
     if cfg.partition == "natural":
         parts, names = natural(pool.sites)
+        tasks = assign_tasks(len(parts), cfg.tasks)
     else:
-        parts = partition(cfg.partition, pool.labels, pool.sites, cfg.clients, cfg.seed)
+        # Each task group gets a disjoint random share of the pool, then the skew is applied
+        # among that group's clients: non-IID within every task, yet every task sees every class.
+        tasks = assign_tasks(cfg.clients, cfg.tasks)
+        shares = np.array_split(
+            np.random.default_rng(cfg.seed).permutation(len(pool)), len(cfg.tasks)
+        )
+        parts = [np.empty(0, dtype=np.int64)] * cfg.clients
+        for t, task in enumerate(cfg.tasks):
+            members = [i for i, name in enumerate(tasks) if name == task]
+            share = np.sort(shares[t])
+            sub = partition(
+                cfg.partition,
+                pool.labels[share],
+                [pool.sites[i] for i in share],
+                len(members),
+                cfg.seed + t,
+            )
+            for client, idx in zip(members, sub, strict=True):
+                parts[client] = share[idx]
         names = [f"client-{i}" for i in range(len(parts))]
-    tasks = assign_tasks(len(parts), cfg.tasks)
     table, rows = partition_table(parts, pool.labels, pool.class_names, tasks, names)
     return parts, names, tasks, table, rows
 
@@ -54,7 +75,9 @@ def simulated_site(cfg: FederationConfig, partition_id: int) -> SiteData:
     """Client `partition_id` of a simulated federation (its slice of the pooled data)."""
     parts, names, tasks, _, _ = federation_plan(cfg)
     if not 0 <= partition_id < len(parts):
-        raise ValueError(f"partition {partition_id} out of range: the plan has {len(parts)} clients")
+        raise ValueError(
+            f"partition {partition_id} out of range: the plan has {len(parts)} clients"
+        )
     data = cfg.data
     size = cfg.model.image_size
     train = _pooled(data.source, data.train_split, size, data.train_size, cfg.seed)
@@ -73,7 +96,9 @@ def simulated_site(cfg: FederationConfig, partition_id: int) -> SiteData:
     )
 
 
-def deployed_site(site_id: str, task: str, data_path: str, image_size: int, seed: int = 0) -> SiteData:
+def deployed_site(
+    site_id: str, task: str, data_path: str, image_size: int, seed: int = 0
+) -> SiteData:
     """A deployed site's own folder (`data_path` with a manifest), or `phantoms` for a demo site."""
     t = get_task(task)
     if data_path == "phantoms":

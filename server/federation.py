@@ -65,7 +65,9 @@ class Transport(Protocol):
 
     def describe(self, cfg: FederationConfig, timeout_s: float) -> list[ClientInfo]: ...
 
-    def send(self, kind: str, round_number: int, instructions: list[Instruction], timeout_s: float) -> list[Reply]: ...
+    def send(
+        self, kind: str, round_number: int, instructions: list[Instruction], timeout_s: float
+    ) -> list[Reply]: ...
 
 
 class Federation:
@@ -167,7 +169,9 @@ class Federation:
         if self.store_run is not None:  # resumed
             self.store.resume_run(self.store_run)
         else:
-            self.store_run = self.store.create_run(self.out.name, self.cfg.model_dump(), self.cfg.rounds)
+            self.store_run = self.store.create_run(
+                self.out.name, self.cfg.model_dump(), self.cfg.rounds
+            )
 
     def _apply_admin_actions(self) -> bool:
         """Apply console actions (stop, exclude a site); True when the run must stop."""
@@ -183,7 +187,9 @@ class Federation:
             self.store.ack_action(action["id"])
         return stop
 
-    def _round(self, transport: Transport, clients: list[ClientInfo], r: int, endpoint: str) -> None:
+    def _round(
+        self, transport: Transport, clients: list[ClientInfo], r: int, endpoint: str
+    ) -> None:
         cfg = self.cfg
         phase = cfg.schedule.phase(r, cfg.rounds)
         train_body = cfg.schedule.trains_body(phase)
@@ -198,7 +204,8 @@ class Federation:
         )
         self.reply_states = {}
         train_msgs = [
-            Instruction(c, self._state_for(c), self._message_config(c, r, phase, endpoint)) for c in clients
+            Instruction(c, self._state_for(c), self._message_config(c, r, phase, endpoint))
+            for c in clients
         ]
         try:
             replies = transport.send("train", r, train_msgs, cfg.round_timeout_s)
@@ -236,7 +243,10 @@ class Federation:
 
         # Evaluate each task's model on its clients' validation data through the body.
         self.body.open_round(
-            r, {str(c.node_id): c.task for c in clients}, train_body=False, mode="async",
+            r,
+            {str(c.node_id): c.task for c in clients},
+            train_body=False,
+            mode="async",
             step_deadline_s=cfg.step_deadline_s,
         )
         eval_msgs = [
@@ -249,7 +259,9 @@ class Federation:
         finally:
             eval_report = self.body.close_round()
 
-        record = self._round_record(r, phase, train_body, replies, evals, dropped, report, eval_report, started)
+        record = self._round_record(
+            r, phase, train_body, replies, evals, dropped, report, eval_report, started
+        )
         self.history.append(record)
         append_jsonl(self.out / "rounds.jsonl", record)
         self._save_checkpoint(r)
@@ -261,9 +273,16 @@ class Federation:
     def _state_for(self, client: ClientInfo) -> dict[str, torch.Tensor]:
         return self.client_states.get(client.site_id, self.task_states[client.task])
 
-    def _message_config(self, client: ClientInfo, r: int, phase: str, endpoint: str) -> dict[str, Any]:
+    def _message_config(
+        self, client: ClientInfo, r: int, phase: str, endpoint: str
+    ) -> dict[str, Any]:
         token = issue_token(
-            self.secret, self.run_id, r, str(client.node_id), client.task, ttl_s=self.cfg.round_timeout_s
+            self.secret,
+            self.run_id,
+            r,
+            str(client.node_id),
+            client.task,
+            ttl_s=self.cfg.round_timeout_s,
         )
         return {
             "round": r,
@@ -277,7 +296,9 @@ class Federation:
 
     # ---- records ---------------------------------------------------------------------------
 
-    def _round_record(self, r, phase, train_body, replies, evals, dropped, report, eval_report, started):
+    def _round_record(
+        self, r, phase, train_body, replies, evals, dropped, report, eval_report, started
+    ):
         clients = {}
         for reply in replies:
             node = str(reply.client.node_id)
@@ -285,15 +306,25 @@ class Federation:
                 "node_id": node,
                 "task": reply.client.task,
                 "num_examples": int(reply.metrics.get("num-examples", 0)),
+                "examples_seen": int(reply.metrics.get("examples-seen", 0)),
                 "train_loss": reply.metrics.get("train-loss"),
                 "bytes_sent": int(report.bytes_in.get(node, 0)),
                 "bytes_received": int(report.bytes_out.get(node, 0)),
                 "seconds": reply.metrics.get("seconds"),
                 "dropped": dropped.get(reply.client.site_id),
+                "restoration": {
+                    k.removeprefix("restoration-"): int(v)
+                    for k, v in reply.metrics.items()
+                    if k.startswith("restoration-")
+                },
             }
         per_task: dict[str, dict[str, float]] = {}
         for task in self.cfg.tasks:
-            group = [e for e in evals if e.client.task == task and not e.error and e.metrics.get("num-examples")]
+            group = [
+                e
+                for e in evals
+                if e.client.task == task and not e.error and e.metrics.get("num-examples")
+            ]
             if not group:
                 continue
             weights = [e.metrics["num-examples"] for e in group]
@@ -326,11 +357,31 @@ class Federation:
             self._store("record_task_metrics", r, task, metrics)
         for site, c in record["clients"].items():
             self._store(
-                "record_client_round", r, c["node_id"], site, c["task"], c["num_examples"],
-                c["bytes_sent"], c["bytes_received"], c.get("val") or {}, c["dropped"],
+                "record_client_round",
+                r,
+                c["node_id"],
+                site,
+                c["task"],
+                c["num_examples"],
+                c["bytes_sent"],
+                c["bytes_received"],
+                c.get("val") or {},
+                c["dropped"],
             )
+            counts = c.get("restoration") or {}
+            if counts.get("degraded"):
+                self._store(
+                    "record_restoration",
+                    r,
+                    site,
+                    counts.get("restored", 0),
+                    counts.get("pending", 0),
+                    counts.get("quarantined", 0),
+                )
         secs = record["body"]["train_seconds"] or 1e-9
-        self._store("record_body_throughput", r, record["body"]["tokens"] / secs, record["body"]["steps"])
+        self._store(
+            "record_body_throughput", r, record["body"]["tokens"] / secs, record["body"]["steps"]
+        )
         self._store("finish_round", r, record["seconds"])
 
     def _summary(self, clients: list[ClientInfo]) -> dict[str, Any]:
@@ -415,7 +466,9 @@ class Federation:
     def _show_round(self, record: dict[str, Any]) -> None:
         parts = [f"[bold]round {record['round']}/{self.cfg.rounds}[/] {record['phase']:<13}"]
         for task, m in record["tasks"].items():
-            key = {"classification": "auc", "segmentation": "dice", "detection": "map50"}.get(task, "loss")
+            key = {"classification": "auc", "segmentation": "dice", "detection": "map50"}.get(
+                task, "loss"
+            )
             if key in m:
                 parts.append(f"{task[:4]} {key}={m[key]:.3f}")
         parts.append(f"{record['bytes_total'] / 1e6:.1f} MB  {record['seconds']:.1f} s")

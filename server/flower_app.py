@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from server.body_service.service import TlsFiles
@@ -29,14 +29,22 @@ class FlowerTransport:
         deadline = time.monotonic() + timeout_s
         while len(node_ids := sorted(self.grid.get_node_ids())) < cfg.clients:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"only {len(node_ids)} of {cfg.clients} nodes connected in {timeout_s:.0f} s")
+                raise TimeoutError(
+                    f"only {len(node_ids)} of {cfg.clients} nodes connected in {timeout_s:.0f} s"
+                )
             time.sleep(self.poll_s)
         content = RecordDict({"config": ConfigRecord({"festa-config": cfg.model_dump_json()})})
-        messages = [Message(content, dst_node_id=n, message_type="query.describe") for n in node_ids]
+        messages = [
+            Message(content, dst_node_id=n, message_type="query.describe") for n in node_ids
+        ]
         clients = []
         for reply in self.grid.send_and_receive(messages, timeout=timeout_s):
             if reply.has_error():
-                log.warning("node %s could not describe itself: %s", reply.metadata.src_node_id, reply.error.reason)
+                log.warning(
+                    "node %s could not describe itself: %s",
+                    reply.metadata.src_node_id,
+                    reply.error.reason,
+                )
                 continue
             info = reply.content["site"]
             clients.append(
@@ -53,7 +61,9 @@ class FlowerTransport:
             raise ValueError(f"nodes report tasks {sorted(unknown)} that this run does not train")
         return sorted(clients, key=lambda c: c.site_id)
 
-    def send(self, kind: str, round_number: int, instructions: list[Instruction], timeout_s: float) -> list[Reply]:
+    def send(
+        self, kind: str, round_number: int, instructions: list[Instruction], timeout_s: float
+    ) -> list[Reply]:
         by_node = {ins.client.node_id: ins.client for ins in instructions}
         messages = [
             Message(
@@ -75,7 +85,9 @@ class FlowerTransport:
         # node went offline) come from the SuperLink's node id, so match on reply_to instead.
         by_message = {m.metadata.message_id: by_node[m.metadata.dst_node_id] for m in messages}
         for msg in received:
-            client = by_message.get(msg.metadata.reply_to_message_id) or by_node.get(msg.metadata.src_node_id)
+            client = by_message.get(msg.metadata.reply_to_message_id) or by_node.get(
+                msg.metadata.src_node_id
+            )
             if client is None:
                 log.warning("ignoring a reply to no message of this round: %s", msg.metadata)
                 continue
@@ -83,7 +95,9 @@ class FlowerTransport:
                 replies[client.node_id] = Reply(client, error=f"client error: {msg.error.reason}")
                 continue
             metrics = dict(msg.content["metrics"]) if "metrics" in msg.content else {}
-            state = msg.content["weights"].to_torch_state_dict() if "weights" in msg.content else None
+            state = (
+                msg.content["weights"].to_torch_state_dict() if "weights" in msg.content else None
+            )
             replies[client.node_id] = Reply(client, metrics=metrics, state=state)
         for node_id, client in by_node.items():
             replies.setdefault(node_id, Reply(client, error=f"no reply within {timeout_s:.0f} s"))
@@ -96,7 +110,8 @@ def config_from_run_config(run_config: dict[str, Any]) -> tuple[FederationConfig
     nested: dict[str, Any] = {}
     extras = {k: run_config[k] for k in extras_keys if k in run_config}
     for key, value in run_config.items():
-        if key in extras_keys or value == "":  # "" = not set (pyproject lists every key flwr accepts)
+        # "" = not set: pyproject lists every key flwr accepts, most with an empty default
+        if key in extras_keys or value == "":
             continue
         node = nested
         *parents, leaf = key.replace("-", "_").split(".")
@@ -104,7 +119,10 @@ def config_from_run_config(run_config: dict[str, Any]) -> tuple[FederationConfig
             node = node.setdefault(p, {})
         node[leaf] = value
     if "preset" in extras:
-        nested["model"] = {**model_preset(str(extras["preset"])).model_dump(), **nested.get("model", {})}
+        nested["model"] = {
+            **model_preset(str(extras["preset"])).model_dump(),
+            **nested.get("model", {}),
+        }
     if "tasks" in nested and isinstance(nested["tasks"], str):
         nested["tasks"] = [t.strip() for t in nested["tasks"].split(",") if t.strip()]
     return validate(FederationConfig, nested, "run config"), extras
@@ -134,19 +152,28 @@ def _open_store(path: Any) -> Any:
 
 
 def make_server_app(
-    cfg: FederationConfig | None = None, out_dir: str | Path | None = None, resume: bool = False, store: Any = None
+    cfg: FederationConfig | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    store: Any = None,
 ) -> ServerApp:
     """A ServerApp bound to `cfg` (festa simulate), or reading Flower's run config (`flwr run`)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_cfg, extras = (cfg, {}) if cfg is not None else config_from_run_config(dict(context.run_config))
+        run_cfg, extras = (
+            (cfg, {}) if cfg is not None else config_from_run_config(dict(context.run_config))
+        )
         out = out_dir or extras.get("out") or f"runs/flwr-{time.strftime('%Y%m%d-%H%M%S')}"
         out = str(out).replace("{run-id}", str(context.run_id))  # one folder per Flower run
         run_store = store if store is not None else _open_store(extras.get("store"))
         federation = Federation(
-            run_cfg, out, resume=resume or bool(extras.get("resume")), store=run_store, tls=body_tls(extras)
+            run_cfg,
+            out,
+            resume=resume or bool(extras.get("resume")),
+            store=run_store,
+            tls=body_tls(extras),
         )
         try:
             federation.run(FlowerTransport(grid))

@@ -16,12 +16,16 @@ PRIMARY = {"classification": "auc", "segmentation": "dice", "detection": "map50"
 def write_report(run_dir: str | Path) -> Path:
     """Plot the run in `run_dir` to `run_dir/report.png` and return its path."""
     run_dir = Path(run_dir)
-    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines() if line]
+    rounds = [
+        json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines() if line
+    ]
     fig, (ax_m, ax_t) = plt.subplots(1, 2, figsize=(11, 4))
     tasks = sorted({t for r in rounds for t in r["tasks"]})
     for task in tasks:
         key = PRIMARY.get(task, "loss")
-        pts = [(r["round"], r["tasks"][task][key]) for r in rounds if key in r["tasks"].get(task, {})]
+        pts = [
+            (r["round"], r["tasks"][task][key]) for r in rounds if key in r["tasks"].get(task, {})
+        ]
         if pts:
             ax_m.plot(*zip(*pts, strict=True), marker="o", label=f"{task} {key}")
     ax_m.set(xlabel="round", ylabel="validation metric", title="task metrics", ylim=(0, 1))
@@ -31,7 +35,11 @@ def write_report(run_dir: str | Path) -> Path:
     bottom = [0.0] * len(rounds)
     for site in sites:
         mb = [
-            (r["clients"].get(site, {}).get("bytes_sent", 0) + r["clients"].get(site, {}).get("bytes_received", 0)) / 1e6
+            (
+                r["clients"].get(site, {}).get("bytes_sent", 0)
+                + r["clients"].get(site, {}).get("bytes_received", 0)
+            )
+            / 1e6
             for r in rounds
         ]
         ax_t.bar([r["round"] for r in rounds], mb, bottom=bottom, label=site)

@@ -11,7 +11,7 @@ import logging
 import os
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -31,10 +31,17 @@ console = Console()
 
 @app.callback()
 def _root(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every service event")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="log every service event")
+    ] = False,
 ) -> None:
     """Federated split learning for chest X-ray AI, with on-site diffusion restoration."""
-    logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
+    level = logging.INFO if verbose else logging.WARNING
+    root = logging.getLogger()
+    root.setLevel(level)
+    for handler in root.handlers:  # libraries (Flower) set their own logger levels; filter here
+        handler.setLevel(level)
+
 
 TASK_NAMES = ("classification", "segmentation", "detection")
 
@@ -49,17 +56,19 @@ def _tasks(value: str) -> list[str]:
 
 @app.command("train-central")
 def train_central_cmd(
-    out: Annotated[Path, typer.Option(help="output folder for summary.json, metrics.jsonl, checkpoint")] = Path(
-        "runs/central"
-    ),
-    data: Annotated[str, typer.Option(help="'phantoms' or a folder with manifest.csv")] = "phantoms",
+    out: Annotated[
+        Path, typer.Option(help="output folder for summary.json, metrics.jsonl, checkpoint")
+    ] = Path("runs/central"),
+    data: Annotated[
+        str, typer.Option(help="'phantoms' or a folder with manifest.csv")
+    ] = "phantoms",
     tasks: Annotated[str, typer.Option(help="comma-separated tasks")] = ",".join(TASK_NAMES),
-    config: Annotated[Optional[Path], typer.Option(help="TOML file with a CentralConfig")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML file with a CentralConfig")] = None,
     preset: Annotated[str, typer.Option(help="model size: tiny or base")] = "tiny",
-    epochs: Annotated[Optional[int], typer.Option(help="training epochs")] = None,
-    train_size: Annotated[Optional[int], typer.Option(help="phantom images for training")] = None,
-    val_size: Annotated[Optional[int], typer.Option(help="phantom images for validation")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="images per batch")] = None,
+    epochs: Annotated[int | None, typer.Option(help="training epochs")] = None,
+    train_size: Annotated[int | None, typer.Option(help="phantom images for training")] = None,
+    val_size: Annotated[int | None, typer.Option(help="phantom images for validation")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="images per batch")] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
 ) -> None:

@@ -138,7 +138,9 @@ class ScheduleConfig(FestaModel):
     """
 
     warmup_rounds: int = Field(1, ge=0)
-    task_specific_every: int = Field(3, ge=0, description="0: never task-specific before fine-tuning")
+    task_specific_every: int = Field(
+        3, ge=0, description="0: never task-specific before fine-tuning"
+    )
     finetune_rounds: int = Field(1, ge=0)
     unify_every: int = Field(1, ge=1)
 
@@ -183,20 +185,36 @@ class FederationConfig(FestaModel):
         "detection",
     ]
     clients: int = Field(6, ge=1, description="clients in a simulation (deployment: the sites)")
-    partition: str = Field("dirichlet:0.5", description="natural | dirichlet:ALPHA | quantity | iid")
+    partition: str = Field(
+        "dirichlet:0.5", description="natural | dirichlet:ALPHA | quantity | iid"
+    )
     rounds: int = Field(8, ge=1)
     local_steps: int = Field(15, ge=1, description="batches each client trains per round")
     wire: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
     permute: bool = False
     mode: Literal["sync", "async"] = "sync"
-    step_deadline_s: float = Field(60.0, gt=0, description="sync mode: wait this long for a client's step")
+    step_deadline_s: float = Field(
+        60.0, gt=0, description="sync mode: wait this long for a client's step"
+    )
     round_timeout_s: float = Field(900.0, gt=0)
     seed: int = 0
     device: str = "cpu"
     body_host: str = "127.0.0.1"
     body_port: int = Field(0, ge=0, le=65535, description="0: any free port")
     body_endpoint: str = Field("", description="address clients dial; default host:bound port")
-    restore: Literal["none", "dps", "cddb", "cddb-deep", "blinddps"] = "none"
+    degrade: Literal["none", "site"] = Field(
+        "site", description="site: odd-numbered simulated sites get a degraded scanner"
+    )
+    restore: Literal["none", "dps", "cddb", "cddb-deep", "blinddps"] = Field(
+        "cddb", description="restoration method degraded sites run before training"
+    )
+    restore_nfe: int | None = Field(10, ge=1, description="network evaluations per image")
+    restore_model_dir: str = Field(
+        "", description="priors/bridges folder; empty: the committed phantom64 weights"
+    )
+    restore_cache: str = Field(
+        "runs/.restore-cache", description="restored images cached by content hash"
+    )
     fault: FaultInjection = FaultInjection()
 
     @model_validator(mode="after")

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 import torch
 
 
-def fedavg(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
+def fedavg(
+    states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]
+) -> dict[str, torch.Tensor]:
     """Weighted mean of state dicts with identical keys; integer buffers take the first state's."""
     if not states:
         raise ValueError("nothing to average")

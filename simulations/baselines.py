@@ -20,7 +20,7 @@ from client.site_data import SiteData, simulated_site
 from shared.config import FederationConfig
 from shared.fedavg import fedavg
 from shared.model.body import Body
-from shared.train.task_model import TaskModel, evaluate, make_loader, to_device
+from shared.train.task_model import TaskModel, cycle_batches, evaluate, make_loader, to_device
 
 
 class FullModel(nn.Module):
@@ -39,14 +39,11 @@ def _train(model: FullModel, cfg: FederationConfig, site: SiteData, r: int) -> i
     seed = round_seed(cfg.seed, r, site.site_id)
     torch.manual_seed(seed)
     loader = make_loader(site.train, site.train_indices, cfg.optim.batch_size, True, seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    batches, seen = iter(loader), 0
-    for _ in range(cfg.local_steps):
-        try:
-            batch = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            batch = next(batches)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
+    )
+    seen = 0
+    for batch in cycle_batches(loader, cfg.local_steps):
         batch = to_device(batch, cfg.device)
         loss = model.parts.task.loss(model.tail(model.body(model.head(batch["image"]))), batch)
         opt.zero_grad()
@@ -56,7 +53,9 @@ def _train(model: FullModel, cfg: FederationConfig, site: SiteData, r: int) -> i
     return seen
 
 
-def _evaluate(models: dict[str, FullModel], sites: dict[str, SiteData], cfg: FederationConfig) -> dict[str, dict[str, float]]:
+def _evaluate(
+    models: dict[str, FullModel], sites: dict[str, SiteData], cfg: FederationConfig
+) -> dict[str, dict[str, float]]:
     per_task: dict[str, dict[str, float]] = {}
     for task in cfg.tasks:
         group = [(name, s) for name, s in sites.items() if s.task == task and len(s.val_indices)]
@@ -67,7 +66,10 @@ def _evaluate(models: dict[str, FullModel], sites: dict[str, SiteData], cfg: Fed
             results.append(evaluate(model.parts, loader, model.body, cfg.model, cfg.device))
             weights.append(len(site.val_indices))
         keys = set.intersection(*(set(r) for r in results)) if results else set()
-        per_task[task] = {k: sum(r[k] * w for r, w in zip(results, weights, strict=True)) / sum(weights) for k in keys}
+        per_task[task] = {
+            k: sum(r[k] * w for r, w in zip(results, weights, strict=True)) / sum(weights)
+            for k in keys
+        }
     return per_task
 
 
@@ -78,7 +80,9 @@ def run_baseline(cfg: FederationConfig, kind: str) -> dict[str, Any]:
     sites = {s.site_id: s for s in (simulated_site(cfg, i) for i in range(cfg.clients))}
     models = {name: FullModel(site.task, cfg).to(cfg.device) for name, site in sites.items()}
     for r in range(1, cfg.rounds + 1):
-        examples = {name: _train(models[name], cfg, site, r) for name, site in sites.items()}
+        for name, site in sites.items():
+            _train(models[name], cfg, site, r)
+        examples = {name: len(site.train_indices) for name, site in sites.items()}
         if kind == "fedavg":
             for task in cfg.tasks:
                 group = [n for n, s in sites.items() if s.task == task]
@@ -88,4 +92,8 @@ def run_baseline(cfg: FederationConfig, kind: str) -> dict[str, Any]:
     params = sum(p.numel() for p in next(iter(models.values())).parameters())
     # FedAvg moves the whole fp32 model down and up once per round; local-only moves nothing.
     traffic = 2 * 4 * params if kind == "fedavg" else 0
-    return {"final": _evaluate(models, sites, cfg), "bytes_per_client_round": traffic, "params": params}
+    return {
+        "final": _evaluate(models, sites, cfg),
+        "bytes_per_client_round": traffic,
+        "params": params,
+    }

@@ -37,6 +37,7 @@ from server.body_service import BodyService, issue_token
 from shared.config import ModelConfig, model_preset
 from shared.model.body import Body
 from shared.model.split import LocalBodyLink
+from shared.runinfo import cpu_model
 from shared.wire import WIRE_DTYPES, decode, encode
 
 SECRET = b"bench-secret"
@@ -221,16 +222,6 @@ def _inputs(config: ModelConfig, batch: int, seed: int) -> tuple[torch.Tensor, t
     return torch.randn(shape, generator=gen), torch.randn(shape, generator=gen) * 1e-3
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def _table(rows: list[Row], local: Row, config: ModelConfig, batch: int) -> Table:
     table = Table(
         title=f"body service round trip (forward + backward + AdamW), "
@@ -259,7 +250,7 @@ def _markdown(rows: list[Row], local: Row, config: ModelConfig, args: argparse.N
     lines = [
         f"## Body service round trip ({now})",
         "",
-        f"Machine: {_cpu_model()}, {os.cpu_count()} cores visible, torch threads "
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores visible, torch threads "
         f"{torch.get_num_threads()}; torch {torch.__version__}, grpcio {grpc.__version__}, "
         f"Python {platform.python_version()}.",
         f"Command: `python -m simulations.bench_body_service --batch {args.batch} "

@@ -22,11 +22,17 @@ TARGETS = {"classification": 0.90, "segmentation": 0.85, "detection": 0.50}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--train-size", type=int, default=3000)
     parser.add_argument("--val-size", type=int, default=500)
-    parser.add_argument("--cxr-open", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/cxr-open")
+    parser.add_argument(
+        "--cxr-open",
+        type=Path,
+        default=Path(__file__).resolve().parents[2] / "shared/data/cxr-open",
+    )
     parser.add_argument("--cxr-epochs", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/bench_central"))
@@ -49,13 +55,34 @@ def main(argv: list[str] | None = None) -> None:
             target = TARGETS[task] if source == "phantoms" else None
             met = "-" if target is None or value is None else ("yes" if value >= target else "NO")
             rows.append(
-                [label, task, _metric_name(task), value if value is not None else "n/a", target or "-", met,
-                 summary["train_size"], epochs, summary["train_samples_per_second"], summary["wall_seconds"]]
+                [
+                    label,
+                    task,
+                    _metric_name(task),
+                    value if value is not None else "n/a",
+                    target or "-",
+                    met,
+                    summary["train_size"],
+                    epochs,
+                    summary["train_samples_per_second"],
+                    summary["wall_seconds"],
+                ]
             )
     publish(
         "Centralized baseline (train-central, tiny preset, 64 px, CPU)",
         "python -m simulations.bench_central " + " ".join(sys.argv[1:] if argv is None else argv),
-        ["data", "task", "metric", "value", "target", "met", "train images", "epochs", "train img/s", "wall s"],
+        [
+            "data",
+            "task",
+            "metric",
+            "value",
+            "target",
+            "met",
+            "train images",
+            "epochs",
+            "train img/s",
+            "wall s",
+        ],
         rows,
         notes=(
             "Phantom val set: a disjoint seed. cxr-open: train split -> val split at 64 px; its finding labels are "
@@ -66,7 +93,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _metric_name(task: str) -> str:
-    return {"classification": "AUC (macro OvR)", "segmentation": "Dice", "detection": "mAP@0.5"}[task]
+    return {"classification": "AUC (macro OvR)", "segmentation": "Dice", "detection": "mAP@0.5"}[
+        task
+    ]
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -17,32 +17,65 @@ console = Console()
 
 @app.command("simulate")
 def simulate(
-    config: Annotated[Optional[Path], typer.Option(help="TOML file with a FederationConfig")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="run folder (default runs/<timestamp>)")] = None,
-    data: Annotated[Optional[str], typer.Option(help="'phantoms' or a folder with manifest.csv")] = None,
-    clients: Annotated[Optional[int], typer.Option(help="virtual clients")] = None,
-    partition: Annotated[Optional[str], typer.Option(help="natural | dirichlet:ALPHA | quantity | iid")] = None,
-    rounds: Annotated[Optional[int], typer.Option(help="federated rounds")] = None,
-    local_steps: Annotated[Optional[int], typer.Option(help="batches per client per round")] = None,
-    tasks: Annotated[Optional[str], typer.Option(help="comma-separated tasks")] = None,
-    wire: Annotated[Optional[str], typer.Option(help="fp32 | fp16 | bf16 | int8")] = None,
-    permute: Annotated[Optional[bool], typer.Option("--permute/--no-permute", help="p-FeSTA token shuffling")] = None,
-    mode: Annotated[Optional[str], typer.Option(help="sync | async body steps")] = None,
-    restore: Annotated[Optional[str], typer.Option(help="none | dps | cddb | blinddps")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML file with a FederationConfig")] = None,
+    out: Annotated[Path | None, typer.Option(help="run folder (default runs/<timestamp>)")] = None,
+    data: Annotated[
+        str | None, typer.Option(help="'phantoms' or a folder with manifest.csv")
+    ] = None,
+    clients: Annotated[int | None, typer.Option(help="virtual clients")] = None,
+    partition: Annotated[
+        str | None, typer.Option(help="natural | dirichlet:ALPHA | quantity | iid")
+    ] = None,
+    rounds: Annotated[int | None, typer.Option(help="federated rounds")] = None,
+    local_steps: Annotated[int | None, typer.Option(help="batches per client per round")] = None,
+    tasks: Annotated[str | None, typer.Option(help="comma-separated tasks")] = None,
+    wire: Annotated[str | None, typer.Option(help="fp32 | fp16 | bf16 | int8")] = None,
+    permute: Annotated[
+        bool | None, typer.Option("--permute/--no-permute", help="p-FeSTA token shuffling")
+    ] = None,
+    mode: Annotated[str | None, typer.Option(help="sync | async body steps")] = None,
+    degrade: Annotated[
+        str | None, typer.Option(help="none | site: odd-numbered sites get a degraded scanner")
+    ] = None,
+    restore: Annotated[
+        str | None,
+        typer.Option(help="none | dps | cddb | cddb-deep | blinddps: restore degraded sites"),
+    ] = None,
+    restore_nfe: Annotated[
+        int | None, typer.Option(help="restoration network evaluations per image")
+    ] = None,
     preset: Annotated[str, typer.Option(help="model size: tiny or base")] = "tiny",
-    seed: Annotated[Optional[int], typer.Option(help="random seed")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda")] = None,
-    store: Annotated[Optional[Path], typer.Option(help="run store (SQLite) the console reads")] = Path("runs/festa.db"),
-    resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from its last checkpoint")] = False,
+    seed: Annotated[int | None, typer.Option(help="random seed")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda")] = None,
+    store: Annotated[Path | None, typer.Option(help="run store (SQLite) the console reads")] = Path(
+        "runs/festa.db"
+    ),
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue the run in --out from its last checkpoint")
+    ] = False,
 ) -> None:
     """Run a small non-IID federation on this machine (Flower simulation engine + body service)."""
     try:
-        cfg = load_toml(config, FederationConfig) if config else FederationConfig(model=model_preset(preset))
+        cfg = (
+            load_toml(config, FederationConfig)
+            if config
+            else FederationConfig(model=model_preset(preset))
+        )
         updates = {
             k: v
             for k, v in dict(
-                clients=clients, partition=partition, rounds=rounds, local_steps=local_steps, wire=wire,
-                permute=permute, mode=mode, restore=restore, seed=seed, device=device,
+                clients=clients,
+                partition=partition,
+                rounds=rounds,
+                local_steps=local_steps,
+                wire=wire,
+                permute=permute,
+                mode=mode,
+                degrade=degrade,
+                restore=restore,
+                restore_nfe=restore_nfe,
+                seed=seed,
+                device=device,
             ).items()
             if v is not None
         }

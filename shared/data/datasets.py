@@ -138,19 +138,21 @@ def folder_dataset(
         label_text = row.get(spec.label, "")
         samples.append(
             {
-                "image": torch.from_numpy(_resize(image, size)).unsqueeze(0),
+                "image": torch.from_numpy(resize(image, size)).unsqueeze(0),
                 "label": class_names.index(label_text) if label_text in class_names else -1,
                 "mask": mask,
                 "boxes": boxes,
                 "box_labels": torch.zeros(len(boxes), dtype=torch.int64),
                 "site": row.get(spec.site, "") or "unknown",
                 "id": row.get(spec.id) or path.stem,
+                "path": str(path),
             }
         )
     return CXRDataset(samples, class_names, ("lung",), skipped)
 
 
-def _resize(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+def resize(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    """`image` [H, W] resized to `size` x `size` (bilinear, or nearest for masks)."""
     if image.shape == (size, size):
         return image.astype(np.float32)
     resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
@@ -160,7 +162,7 @@ def _resize(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
 def _read_mask(root: Path, rel: str | None, size: int) -> torch.Tensor | None:
     if not rel:
         return None
-    mask = _resize(read_image(root / rel), size, nearest=True)
+    mask = resize(read_image(root / rel), size, nearest=True)
     return torch.from_numpy((mask > 0.5).astype(np.float32)).unsqueeze(0)
 
 

@@ -43,7 +43,9 @@ def dirichlet(
     raise ValueError(f"could not draw a Dirichlet({alpha}) partition with {min_size}+ per client")
 
 
-def quantity_skew(num_samples: int, num_clients: int, seed: int = 0, alpha: float = 1.0) -> Partition:
+def quantity_skew(
+    num_samples: int, num_clients: int, seed: int = 0, alpha: float = 1.0
+) -> Partition:
     """Quantity skew: IID labels, client sizes drawn from Dirichlet(alpha) (each ≥ 1 sample)."""
     if num_clients > num_samples:
         raise ValueError("more clients than samples")
@@ -103,7 +105,11 @@ def partition_table(
     for i, idx in enumerate(parts):
         counts = [int((labels[idx] == c).sum()) for c in range(len(class_names))]
         name = client_names[i] if client_names else str(i)
-        row = {"client": name, "counts": dict(zip(class_names, counts, strict=True)), "total": len(idx)}
+        row = {
+            "client": name,
+            "counts": dict(zip(class_names, counts, strict=True)),
+            "total": len(idx),
+        }
         cells = [name]
         if client_tasks:
             row["task"] = client_tasks[i]

@@ -72,7 +72,9 @@ def make_phantom(index: int, size: int = 64, seed: int = 0) -> Phantom:
     lungs = []
     for side in (-1, 1):
         cx = 0.5 + side * rng.uniform(0.17, 0.21)
-        r2 = _ellipse(y, x, cy, cx, lung_h, lung_w * (1.0 if side < 0 else 0.92), side * 0.12 + tilt)
+        r2 = _ellipse(
+            y, x, cy, cx, lung_h, lung_w * (1.0 if side < 0 else 0.92), side * 0.12 + tilt
+        )
         # Flatten the lung base into a diaphragm dome.
         dome = y > cy + lung_h * (0.75 - 0.6 * ((x - cx) / lung_w) ** 2)
         lungs.append((r2 < 1.0) & ~dome)

@@ -4,7 +4,7 @@ Importing this package registers the built-in tasks. A new task is a new module 
 decorates a `Task` subclass with `@register_task("name")`; the body and the transport never change.
 """
 
-from shared.tasks.base import TASKS, MetricAccumulator, Task, get_task, register_task
 from shared.tasks import classification, detection, segmentation  # noqa: F401  (registers them)
+from shared.tasks.base import TASKS, MetricAccumulator, Task, get_task, register_task
 
 __all__ = ["TASKS", "MetricAccumulator", "Task", "get_task", "register_task"]

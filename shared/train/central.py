@@ -22,7 +22,9 @@ from shared.runinfo import append_jsonl, environment_info, seed_everything, writ
 from shared.train.task_model import TaskModel, evaluate, make_loader, task_indices, to_device
 
 
-def train_central(config: CentralConfig, out_dir: str | Path, console: Console | None = None) -> dict[str, Any]:
+def train_central(
+    config: CentralConfig, out_dir: str | Path, console: Console | None = None
+) -> dict[str, Any]:
     """Train, evaluate every epoch, and write config/metrics/summary/checkpoint into `out_dir`."""
     console = console or Console()
     out = Path(out_dir)
@@ -32,7 +34,9 @@ def train_central(config: CentralConfig, out_dir: str | Path, console: Console |
     mcfg, device = config.model, config.device
 
     data = config.data
-    train_set = load_dataset(data.source, data.train_split, mcfg.image_size, data.train_size, config.seed)
+    train_set = load_dataset(
+        data.source, data.train_split, mcfg.image_size, data.train_size, config.seed
+    )
     val_set = load_dataset(data.source, data.val_split, mcfg.image_size, data.val_size, config.seed)
     if len(train_set.class_names) != mcfg.num_classes:
         mcfg = mcfg.model_copy(update={"num_classes": len(train_set.class_names)})
@@ -49,14 +53,21 @@ def train_central(config: CentralConfig, out_dir: str | Path, console: Console |
         val_idx = task_indices(val_set, model.task)
         if len(train_idx) == 0 or len(val_idx) == 0:
             raise ValueError(f"task {name}: no labelled samples in the train or val split")
-        train_loaders[name] = make_loader(train_set, train_idx, config.optim.batch_size, True, config.seed + i)
+        train_loaders[name] = make_loader(
+            train_set, train_idx, config.optim.batch_size, True, config.seed + i
+        )
         val_loaders[name] = make_loader(val_set, val_idx, 2 * config.optim.batch_size, False, 0)
 
     params = list(body.parameters()) + [p for m in models.values() for p in m.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params, lr=config.optim.lr, weight_decay=config.optim.weight_decay
+    )
     steps_per_epoch = sum(len(loader) for loader in train_loaders.values())
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.optim.lr, total_steps=steps_per_epoch * config.epochs, pct_start=0.1
+        optimizer,
+        max_lr=config.optim.lr,
+        total_steps=steps_per_epoch * config.epochs,
+        pct_start=0.1,
     )
 
     metrics_path = out / "metrics.jsonl"

@@ -74,6 +74,17 @@ def make_loader(
     )
 
 
+def cycle_batches(loader: DataLoader, steps: int):
+    """Exactly `steps` batches from `loader`, starting a new pass whenever one ends."""
+    batches = iter(loader)
+    for _ in range(steps):
+        try:
+            yield next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            yield next(batches)
+
+
 def to_device(batch: dict, device: str | torch.device) -> dict:
     out = dict(batch)
     for key in ("image", "label", "mask"):

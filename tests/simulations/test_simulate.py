@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from shared.fedavg import fedavg
@@ -24,6 +23,8 @@ local_steps = 6
 tasks = ["classification", "segmentation"]
 partition = "dirichlet:1.0"
 seed = 3
+degrade = "none"
+restore = "none"
 [model]
 image_size = 32
 patch_size = 8
@@ -47,8 +48,19 @@ def write_config(tmp_path: Path, name: str, rounds: int, extra: str = "") -> Pat
 
 
 def simulate_cmd(config: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "shared.cli", "simulate", "--config", str(config), "--out", str(out),
-            "--store", str(out.parent / f"{out.name}.db"), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "shared.cli",
+        "simulate",
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        "--store",
+        str(out.parent / f"{out.name}.db"),
+        *extra,
+    ]
 
 
 def run(cmd: list[str], timeout: float = 400) -> subprocess.CompletedProcess:
@@ -76,7 +88,10 @@ def test_federation_learns_averages_within_tasks_and_survives_a_vanishing_client
 
     # The vanished client is dropped in round 2 with a reason; the round completed without it.
     assert not rounds[0]["dropped"]
-    assert set(rounds[1]["dropped"]) == {"client-3"} and "failed on purpose" in rounds[1]["dropped"]["client-3"]
+    assert (
+        set(rounds[1]["dropped"]) == {"client-3"}
+        and "failed on purpose" in rounds[1]["dropped"]["client-3"]
+    )
     assert rounds[1]["body"]["steps"] == 6
 
     # Heads/tails were averaged within each task group only.
@@ -91,12 +106,18 @@ def test_federation_learns_averages_within_tasks_and_survives_a_vanishing_client
         expected = fedavg([replies[s] for s in members], [examples[s] for s in members])
         for key, value in state.items():
             assert torch.allclose(value, expected[key], atol=1e-6), (task, key)
-    cls_head = {k: v for k, v in ckpt["task_states"]["classification"].items() if k.startswith("head.")}
-    seg_head = {k: v for k, v in ckpt["task_states"]["segmentation"].items() if k.startswith("head.")}
+    cls_head = {
+        k: v for k, v in ckpt["task_states"]["classification"].items() if k.startswith("head.")
+    }
+    seg_head = {
+        k: v for k, v in ckpt["task_states"]["segmentation"].items() if k.startswith("head.")
+    }
     assert any(not torch.allclose(cls_head[k], seg_head[k]) for k in cls_head)
 
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["state"] == "finished" and summary["dropped"] == {"2": {"client-3": rounds[1]["dropped"]["client-3"]}}
+    assert summary["state"] == "finished" and summary["dropped"] == {
+        "2": {"client-3": rounds[1]["dropped"]["client-3"]}
+    }
     assert (out / "report.png").stat().st_size > 10_000
     assert json.loads((out / "config.json").read_text())["clients"] == 4
     assert len(json.loads((out / "partition.json").read_text())) == 4
@@ -118,8 +139,12 @@ def test_killed_server_resumes_to_the_same_state(tmp_path):
     crashed = tmp_path / "crashed"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
-        simulate_cmd(config, crashed), cwd=REPO, env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        simulate_cmd(config, crashed),
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 300

@@ -20,7 +20,13 @@ def test_phantom_dataset_samples_and_collate():
 def test_reads_cxr_open_as_is(cxr_open_dir):
     ds = folder_dataset(cxr_open_dir, size=32, split="val")
     assert len(ds) == 246 and not ds.skipped
-    assert set(ds.class_names) == {"covid-19", "normal", "other", "pneumonia-bacterial", "pneumonia-viral"}
+    assert set(ds.class_names) == {
+        "covid-19",
+        "normal",
+        "other",
+        "pneumonia-bacterial",
+        "pneumonia-viral",
+    }
     assert {s["site"] for s in ds.samples} >= {"hannover", "kermany"}
     with_mask = [s for s in ds.samples if s["mask"] is not None]
     assert with_mask and all(s["mask"].shape == (1, 32, 32) for s in with_mask)
@@ -29,7 +35,11 @@ def test_reads_cxr_open_as_is(cxr_open_dir):
 
 
 def _digest(folder):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_bad_files_are_skipped_with_a_reason_and_nothing_is_modified(tmp_path, cxr_open_dir):
@@ -44,7 +54,13 @@ def test_bad_files_are_skipped_with_a_reason_and_nothing_is_modified(tmp_path, c
     shutil.copy(cxr_open_dir / "dicom" / "RG1_UNCR.dcm", images / "chest.dcm")
     rows = ["id,file,site,finding,split"] + [
         f"{n},images/{n}.{ext},siteA,normal,train"
-        for n, ext in [("good", "png"), ("empty", "png"), ("text", "png"), ("truncated", "png"), ("chest", "dcm")]
+        for n, ext in [
+            ("good", "png"),
+            ("empty", "png"),
+            ("text", "png"),
+            ("truncated", "png"),
+            ("chest", "dcm"),
+        ]
     ]
     (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
     before = _digest(tmp_path)

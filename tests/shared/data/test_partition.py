@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from shared.data.partition import assign_tasks, dirichlet, natural, partition, partition_table, quantity_skew
+from shared.data.partition import (
+    assign_tasks,
+    dirichlet,
+    natural,
+    partition,
+    partition_table,
+    quantity_skew,
+)
 
 
 def _is_partition(parts, n):
@@ -19,7 +26,9 @@ def test_dirichlet_is_a_seeded_partition_and_skews_with_small_alpha():
     labels = np.repeat(np.arange(3), 200)
     parts = dirichlet(labels, 4, alpha=0.1, seed=1)
     assert _is_partition(parts, 600)
-    assert all(np.array_equal(a, b) for a, b in zip(parts, dirichlet(labels, 4, 0.1, seed=1)))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(parts, dirichlet(labels, 4, 0.1, seed=1), strict=True)
+    )
 
     def skew(ps):  # mean share of each client's majority class
         return np.mean([np.bincount(labels[p], minlength=3).max() / len(p) for p in ps])
@@ -43,9 +52,18 @@ def test_partition_spec_and_errors():
 
 def test_assign_tasks_round_robin_and_table():
     assert assign_tasks(5, ["classification", "segmentation"]) == [
-        "classification", "segmentation", "classification", "segmentation", "classification",
+        "classification",
+        "segmentation",
+        "classification",
+        "segmentation",
+        "classification",
     ]
     labels = np.array([0, 1, 1, 2])
-    table, rows = partition_table([np.array([0, 1]), np.array([2, 3])], labels, ["n", "f", "d"], ["classification", "segmentation"])
+    table, rows = partition_table(
+        [np.array([0, 1]), np.array([2, 3])],
+        labels,
+        ["n", "f", "d"],
+        ["classification", "segmentation"],
+    )
     assert rows[0]["counts"] == {"n": 1, "f": 1, "d": 0} and rows[1]["total"] == 2
     assert table.row_count == 2

@@ -18,7 +18,9 @@ def test_phantoms_are_valid_images_with_consistent_labels():
         assert 0.0 <= p.image.min() and p.image.max() <= 1.0
         assert 0 <= p.label < len(CLASS_NAMES)
         assert p.mask.sum() > 0.1 * 64 * 64  # two visible lungs
-        assert (p.box_labels == LESION).sum() == (1 if CLASS_NAMES[p.label] == "focal-opacity" else 0)
+        assert (p.box_labels == LESION).sum() == (
+            1 if CLASS_NAMES[p.label] == "focal-opacity" else 0
+        )
         assert set(p.box_labels.tolist()) <= set(range(len(BOX_CLASS_NAMES)))
         x0, y0, x1, y1 = p.boxes.T
         assert np.all(x1 > x0) and np.all(y1 > y0) and p.boxes.min() >= 0 and p.boxes.max() <= 64

@@ -43,13 +43,25 @@ def test_split_step_matches_composed_autograd(task_name, permute, batch):
     # Split: tokens detached at the seam, gradients handed back by hand.
     gen = torch.Generator().manual_seed(7)
     result = split_train_step(
-        head, tail, task.loss, batch, LocalBodyLink(body), permutation_generator=gen, permute=permute
+        head,
+        tail,
+        task.loss,
+        batch,
+        LocalBodyLink(body),
+        permutation_generator=gen,
+        permute=permute,
     )
 
     ref = float(ref_loss.detach())
     assert abs(result.loss - ref) <= 1e-5 * abs(ref)
-    for split_mod, ref_mod, part in ((head, ref_head, "head"), (body, ref_body, "body"), (tail, ref_tail, "tail")):
-        for (name, p), (_, q) in zip(split_mod.named_parameters(), ref_mod.named_parameters(), strict=True):
+    for split_mod, ref_mod, part in (
+        (head, ref_head, "head"),
+        (body, ref_body, "body"),
+        (tail, ref_tail, "tail"),
+    ):
+        for (name, p), (_, q) in zip(
+            split_mod.named_parameters(), ref_mod.named_parameters(), strict=True
+        ):
             assert p.grad is not None, f"{part}.{name} got no gradient through the split"
             assert rel_err(p.grad, q.grad) <= 1e-5, f"{part}.{name}: {rel_err(p.grad, q.grad):.2e}"
 

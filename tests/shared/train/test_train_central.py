@@ -11,7 +11,21 @@ def test_train_central_writes_its_record_and_learns(tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(
         app,
-        ["train-central", "--out", str(out), "--epochs", "3", "--train-size", "256", "--val-size", "64", "--batch-size", "16", "--seed", "1"],
+        [
+            "train-central",
+            "--out",
+            str(out),
+            "--epochs",
+            "3",
+            "--train-size",
+            "256",
+            "--val-size",
+            "64",
+            "--batch-size",
+            "16",
+            "--seed",
+            "1",
+        ],
     )
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
@@ -27,6 +41,8 @@ def test_train_central_writes_its_record_and_learns(tmp_path):
 
 
 def test_bad_task_name_is_a_clear_error(tmp_path):
-    result = CliRunner().invoke(app, ["train-central", "--out", str(tmp_path), "--tasks", "xray-magic"])
+    result = CliRunner().invoke(
+        app, ["train-central", "--out", str(tmp_path), "--tasks", "xray-magic"]
+    )
     assert result.exit_code != 0
     assert "unknown task" in result.output

@@ -1,0 +1,188 @@
+"""The restoration API the site daemon calls: build a :class:`Restorer` once, call ``restore`` often.
+
+``model_dir`` layout (see :mod:`client.restoration.models`)::
+
+    model_dir/prior/          image prior            dps, blinddps
+    model_dir/kernel_prior/   kernel prior           blinddps
+    model_dir/bridges/*/      one bridge per SPEC    cddb, cddb-deep
+
+Output size equals the input size, except for ``sr:F`` where it is F times the input (the
+restoration lives on the high-resolution grid). Image sides on that grid must be at least the
+model's training size and at most 4 times it (the UNet input is padded internally, so sides
+need not be multiples of anything).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from client.restoration import solvers
+from client.restoration.errors import (
+    DegradationSpecError,
+    ModelDirError,
+    RestorationInputError,
+    UnsupportedMethodError,
+)
+from client.restoration.models import Bridge, bridge_specs, load_bridge, load_prior
+from client.restoration.operators import Degradation, parse_spec
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+METHODS = ("dps", "cddb", "cddb-deep", "blinddps")
+MAX_SIDE_FACTOR = 4  # largest restorable side, in multiples of the model's training size
+DEFAULT_NFE = {"dps": 1000, "cddb": 20, "cddb-deep": 20, "blinddps": 1000}
+
+
+@dataclass
+class Restored:
+    image: np.ndarray  # float32 [H, W] in [0, 1], same size as the input (F times it for sr:F)
+    provenance: dict[str, Any]  # JSON-serialisable record, see Restorer.restore
+    kernel: np.ndarray | None = None  # BlindDPS kernel estimate [K, K], sums to 1
+
+
+class Restorer:
+    """One restoration method with its models loaded on ``device``; reusable for many batches."""
+
+    def __init__(
+        self, method: str, model_dir: str | Path, *, nfe: int | None = None, device: str = "cpu"
+    ) -> None:
+        if method not in METHODS:
+            raise UnsupportedMethodError(
+                f"unknown method {method!r}; use one of {', '.join(METHODS)}"
+            )
+        if nfe is not None and nfe < 1:
+            raise RestorationInputError(f"nfe must be >= 1, got {nfe}")
+        self.method, self.model_dir, self.device = method, Path(model_dir), torch.device(device)
+        self.nfe = nfe or DEFAULT_NFE[method]
+        if not self.model_dir.is_dir():
+            raise ModelDirError(f"model folder {self.model_dir} does not exist")
+        self.prior = self.kernel_prior = None
+        if method in ("dps", "blinddps"):
+            self.prior = load_prior(self._need("prior"), device)
+        if method == "blinddps":
+            self.kernel_prior = load_prior(self._need("kernel_prior"), device)
+        self.bridges: dict[str, Path] = (
+            bridge_specs(self.model_dir) if method.startswith("cddb") else {}
+        )
+        if method.startswith("cddb") and not self.bridges:
+            raise ModelDirError(
+                f"{self.model_dir}/bridges/ holds no bridge (train one with train-bridge)"
+            )
+        self._loaded_bridges: dict[str, Bridge] = {}
+
+    def _need(self, name: str) -> Path:
+        path = self.model_dir / name
+        if not (path / "unet").is_dir():
+            raise ModelDirError(f"{self.method} needs {path}/ (a festa {name.replace('_', ' ')})")
+        return path
+
+    def _bridge(self, deg: Degradation) -> Bridge:
+        if deg.spec not in self.bridges:
+            raise UnsupportedMethodError(
+                f"no CDDB bridge for {deg.spec!r} in {self.model_dir}/bridges; "
+                f"available: {sorted(self.bridges) or 'none'}"
+            )
+        if deg.spec not in self._loaded_bridges:
+            self._loaded_bridges[deg.spec] = load_bridge(self.bridges[deg.spec], str(self.device))
+        return self._loaded_bridges[deg.spec]
+
+    def parse(self, degradation: str) -> Degradation:
+        """Parse SPEC and check this method can solve it."""
+        deg = parse_spec(degradation)
+        if deg.blind and self.method != "blinddps":
+            raise UnsupportedMethodError(
+                f"{self.method} needs a known operator; use blinddps for {deg.spec}"
+            )
+        if self.method == "blinddps" and not deg.blind:
+            raise UnsupportedMethodError("blinddps solves 'blur:unknown' degradations only")
+        return deg
+
+    def validate(self, images: np.ndarray, degradation: str) -> Degradation:
+        """Raise :class:`RestorationInputError` unless ``images`` ``[B, H, W]`` can be restored."""
+        deg = self.parse(degradation)
+        if not isinstance(images, np.ndarray):
+            raise RestorationInputError(f"expected a numpy array, got {type(images).__name__}")
+        if images.ndim == 4:
+            raise RestorationInputError(
+                f"expected grey images [B, H, W]; got shape {images.shape} (channels are not supported)"
+            )
+        if images.ndim != 3:
+            raise RestorationInputError(
+                f"expected images [B, H, W]; got {images.ndim} dims {images.shape}"
+            )
+        if images.shape[0] == 0:
+            raise RestorationInputError("empty batch")
+        if not np.issubdtype(images.dtype, np.floating):
+            raise RestorationInputError(
+                f"expected float images in [0, 1], got dtype {images.dtype}"
+            )
+        if not np.isfinite(images).all():
+            raise RestorationInputError("image contains NaN or infinite values")
+        model = self.prior if self.prior is not None else self._bridge(deg)
+        H, W = deg.operator.input_hw(images.shape[1:])
+        if min(H, W) < model.size:
+            raise RestorationInputError(
+                f"image {images.shape[1]}x{images.shape[2]} restores to {H}x{W}, smaller than the "
+                f"model's {model.size}x{model.size}"
+            )
+        if max(H, W) > MAX_SIDE_FACTOR * model.size:
+            raise RestorationInputError(
+                f"image restores to {H}x{W}, larger than {MAX_SIDE_FACTOR}x the model's "
+                f"{model.size} px (attention memory); downsample it or use a larger-size model"
+            )
+        try:
+            deg.operator.A(torch.zeros(1, 1, H, W)) if not deg.blind else None
+        except DegradationSpecError as e:
+            raise RestorationInputError(str(e)) from None
+        return deg
+
+    @torch.no_grad()
+    def restore(self, images: np.ndarray, degradation: str, seed: int = 0) -> list[Restored]:
+        """Restore observations ``images`` float32 ``[B, H, W]`` in [0, 1] degraded by SPEC.
+
+        Deterministic for a fixed ``seed`` on one device; image ``i`` uses the generator seeded
+        with ``seed`` whatever the batch, so batching does not change results."""
+        deg = self.validate(images, degradation)
+        start = time.perf_counter()
+        y = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None].to(
+            self.device
+        )
+        gens = [torch.Generator(device=self.device).manual_seed(seed) for _ in range(len(images))]
+        if self.method == "dps":
+            res = solvers.dps(self.prior, deg, y, gens, nfe=self.nfe)
+            model = self.prior
+        elif self.method == "blinddps":
+            res = solvers.blind_dps(self.prior, self.kernel_prior, deg, y, gens, nfe=self.nfe)
+            model = self.prior
+        else:
+            model = self._bridge(deg)
+            res = solvers.cddb(model, deg, y, gens, nfe=self.nfe, deep=self.method == "cddb-deep")
+        seconds = (time.perf_counter() - start) / len(images)
+        fit_deg = deg.with_kernel(res.kernel) if res.kernel is not None else deg
+        residual = (y - fit_deg.A(res.x)).flatten(1).norm(dim=1)
+        out = []
+        for i in range(len(images)):
+            prov = {
+                "method": self.method,
+                "degradation": deg.spec,
+                "params": res.params,
+                "model_id": str(model.path.resolve().relative_to(self.model_dir.resolve().parent)),
+                "model_sha256": model.sha256,
+                "seed": seed,
+                "nfe": res.nfe,
+                "residual": float(residual[i]),
+                "seconds": round(seconds, 4),
+                "device": str(self.device),
+            }
+            if self.kernel_prior is not None:
+                prov["kernel_model_sha256"] = self.kernel_prior.sha256
+            kernel = res.kernel[i, 0].cpu().numpy() if res.kernel is not None else None
+            out.append(Restored(res.x[i, 0].cpu().numpy().astype(np.float32), prov, kernel))
+        return out

@@ -1,0 +1,250 @@
+"""`festa restore ...`: train priors and bridges, and restore images with DPS, CDDB or BlindDPS."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+
+from client.restoration.errors import RestorationError
+from client.restoration.operators import __doc__ as OPERATORS_DOC
+from client.restoration.operators import parse_spec
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SPEC_HELP = (
+    "Degradation SPEC: terms joined with '+', e.g. 'noise:poisson:dose=2000,read=0.01', "
+    "'blur:gauss:sigma=2', 'blur:motion:length=7,angle=30', 'blur:unknown', 'sr:4', "
+    "'inpaint:box', 'inpaint:random:p=0.5', 'inpaint:lines', "
+    "'blur:gauss:sigma=2+noise:gauss:sigma=0.01'. See `festa restore specs`."
+)
+# The grammar part of the operators' docstring, shown under `run --help` and `train-bridge --help`.
+SPEC_GRAMMAR = "\n\n".join(
+    line.strip() for line in OPERATORS_DOC.split("::")[1].split("e.g.")[0].strip().splitlines()
+)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
+
+app = typer.Typer(
+    help="Diffusion restoration of CXRs: DPS, CDDB, BlindDPS on festa's own priors.",
+    no_args_is_help=True,
+)
+console = Console(stderr=True)
+
+
+def _train_config(steps: int, batch: int, lr: float, seed: int, threads: int):
+    from client.restoration.training import TrainConfig
+
+    return TrainConfig(
+        steps=steps,
+        batch=batch,
+        lr=lr,
+        seed=seed,
+        threads=threads,
+        checkpoint_every=max(1, min(100, steps // 5)),
+    )
+
+
+@app.command("specs")
+def specs() -> None:
+    """Print the degradation SPEC grammar and conventions."""
+    typer.echo(OPERATORS_DOC)
+
+
+@app.command("train-prior")
+def train_prior_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Output folder (a diffusers DDPMPipeline).")],
+    data: str = typer.Option(
+        "phantoms", "--data", help="'phantoms' or a folder of PNG/JPEG/DICOM."
+    ),
+    size: int = typer.Option(64, "--size", help="Training resolution in px (64, 128 or 256)."),
+    steps: int = typer.Option(1000, "--steps"),
+    batch: int = typer.Option(16, "--batch"),
+    lr: float = typer.Option(5e-4, "--lr"),
+    seed: int = typer.Option(0, "--seed"),
+    preset: str = typer.Option("small", "--preset", help="UNet size: tiny | small | base."),
+    threads: int = typer.Option(1, "--threads", help="torch CPU threads."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from checkpoint.pt."),
+) -> None:
+    """Train a 1-channel DDPM image prior (UNet2DModel, EMA weights, resumable)."""
+    from client.restoration.training import train_prior
+
+    losses = train_prior(
+        data, size, out, _train_config(steps, batch, lr, seed, threads), preset, resume
+    )
+    console.print(
+        f"saved image prior to {out} (final loss {np.mean(losses[-50:] or [np.nan]):.4f})"
+    )
+
+
+@app.command("train-kernel-prior")
+def train_kernel_prior_cmd(
+    out: Annotated[Path, typer.Option("--out")],
+    size: int = typer.Option(16, "--size", help="Kernel grid side in px."),
+    steps: int = typer.Option(1000, "--steps"),
+    batch: int = typer.Option(32, "--batch"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(1, "--threads"),
+    resume: bool = typer.Option(True, "--resume/--no-resume"),
+) -> None:
+    """Train the BlindDPS kernel prior on synthetic Gaussian and motion kernels."""
+    from client.restoration.training import train_kernel_prior
+
+    losses = train_kernel_prior(out, _train_config(steps, batch, lr, seed, threads), size, resume)
+    console.print(
+        f"saved kernel prior to {out} (final loss {np.mean(losses[-50:] or [np.nan]):.4f})"
+    )
+
+
+@app.command("train-bridge", epilog=SPEC_GRAMMAR)
+def train_bridge_cmd(
+    degradation: Annotated[str, typer.Option("--degradation", help=SPEC_HELP)],
+    out: Annotated[Path, typer.Option("--out")],
+    data: str = typer.Option("phantoms", "--data"),
+    size: int = typer.Option(64, "--size"),
+    steps: int = typer.Option(1000, "--steps"),
+    batch: int = typer.Option(16, "--batch"),
+    lr: float = typer.Option(5e-4, "--lr"),
+    seed: int = typer.Option(0, "--seed"),
+    preset: str = typer.Option("small", "--preset"),
+    init_from: Annotated[
+        Path | None, typer.Option("--init-from", help="Image-prior folder to start from.")
+    ] = None,
+    threads: int = typer.Option(1, "--threads"),
+    resume: bool = typer.Option(True, "--resume/--no-resume"),
+) -> None:
+    """Train a CDDB bridge on pairs made by degrading clean images with SPEC."""
+    from client.restoration.training import train_bridge
+
+    deg = _parse_or_exit(degradation)
+    losses = train_bridge(
+        deg,
+        data,
+        size,
+        out,
+        _train_config(steps, batch, lr, seed, threads),
+        preset,
+        init_from,
+        resume,
+    )
+    console.print(
+        f"saved bridge for {deg.spec} to {out} (final loss {np.mean(losses[-50:] or [np.nan]):.4f})"
+    )
+
+
+def _image_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        console.print(f"[red]--input {path} does not exist[/red]")
+        raise typer.Exit(2)
+    return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _write_png16(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.round(np.clip(image, 0, 1) * 65535).astype(np.uint16)).save(path)
+
+
+@app.command("run", epilog=SPEC_GRAMMAR)
+def run_cmd(
+    method: Annotated[str, typer.Option("--method", help="dps | cddb | cddb-deep | blinddps")],
+    degradation: Annotated[str, typer.Option("--degradation", help=SPEC_HELP)],
+    model: Annotated[
+        Path, typer.Option("--model", help="Model folder: prior/, kernel_prior/, bridges/*/.")
+    ],
+    input: Annotated[
+        Path, typer.Option("--input", help="An image (PNG/JPEG/DICOM) or a folder of them.")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Output folder: <stem>.<method>.png (16-bit) + .json.")
+    ],
+    nfe: int | None = typer.Option(
+        None, "--nfe", help="Steps (default: dps/blinddps 1000, cddb 20)."
+    ),
+    batch: int = typer.Option(4, "--batch", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
+    threads: int = typer.Option(1, "--threads", help="torch CPU threads."),
+) -> None:
+    """Restore every image of --input; one bad image is reported and skipped, the rest still run."""
+    import torch
+    from rich.progress import Progress
+
+    from client.restoration.api import Restorer
+    from shared.data.imageio import ImageReadError, read_image
+
+    torch.set_num_threads(threads)
+    _parse_or_exit(degradation)
+    files = _image_files(input)
+    try:
+        restorer = Restorer(method, model, nfe=nfe, device=device)
+        restorer.parse(degradation)
+    except RestorationError as e:
+        console.print(f"[red]cannot restore:[/red] {e}")
+        raise typer.Exit(2) from None
+    out.mkdir(parents=True, exist_ok=True)
+    failed: dict[str, str] = {}
+    good: dict[tuple[int, int], list[tuple[Path, np.ndarray]]] = {}
+    for path in files:
+        try:
+            image = read_image(path)
+            restorer.validate(image[None], degradation)
+        except (ImageReadError, RestorationError) as e:
+            failed[path.name] = str(e)
+            continue
+        good.setdefault(image.shape, []).append((path, image))
+    for name, reason in failed.items():
+        console.print(f"[red]skipped {name}:[/red] {reason}")
+        (out / f"{Path(name).stem}.{method}.error.json").write_text(
+            json.dumps({"input": name, "error": reason}, indent=2) + "\n"
+        )
+    todo = [
+        chunk
+        for items in good.values()
+        for chunk in (items[i : i + batch] for i in range(0, len(items), batch))
+    ]
+    with Progress(console=console, disable=not todo) as bar:
+        task = bar.add_task(f"{method} restore", total=sum(len(c) for c in todo))
+        for chunk in todo:
+            results = restorer.restore(np.stack([im for _, im in chunk]), degradation, seed=seed)
+            for (path, _), res in zip(chunk, results, strict=True):
+                stem = f"{path.stem}.{method}"
+                _write_png16(out / f"{stem}.png", res.image)
+                record = {"input": str(path), **res.provenance}
+                if res.kernel is not None:
+                    record["kernel"] = res.kernel.round(6).tolist()
+                (out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
+            bar.advance(task, len(chunk))
+    done = sum(len(c) for c in todo)
+    console.print(f"restored {done} image(s) to {out}; {len(failed)} skipped")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _parse_or_exit(spec: str):
+    try:
+        return parse_spec(spec)
+    except RestorationError as e:
+        console.print(f"[red]bad --degradation:[/red] {e}")
+        raise typer.Exit(2) from None
+
+
+def _register_site_daemon() -> None:
+    """`festa restore serve`: the site daemon lives in `client.service` and adds itself here."""
+    from client.service.cli import register
+
+    register(app)
+
+
+_register_site_daemon()
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,126 @@
+"""Loading festa's diffusion models from disk (layout: see :mod:`client.restoration.training`).
+
+A restoration model folder (``--model DIR``) holds::
+
+    DIR/prior/                   image prior (DDPMPipeline folder)          all methods but cddb
+    DIR/kernel_prior/            kernel prior (DDPMPipeline folder)         blinddps
+    DIR/bridges/<name>/          one CDDB bridge per degradation            cddb, cddb-deep
+                                 (bridge.json names its SPEC; <name> is free)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from diffusers.utils import logging as diffusers_logging
+
+from client.restoration.bridge import BridgeSchedule
+from client.restoration.errors import ModelDirError
+from client.restoration.operators import parse_spec
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+diffusers_logging.set_verbosity_error()
+
+
+def sha256_of(folder: Path) -> str:
+    """SHA-256 over the weight and config files of a model folder (sorted, path-prefixed)."""
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if (
+            f.is_file()
+            and f.suffix in {".safetensors", ".json", ".bin"}
+            and f.name != "festa_training.json"
+        ):
+            h.update(str(f.relative_to(folder)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _load_unet(folder: Path, device: str) -> UNet2DModel:
+    if not (folder / "unet" / "config.json").is_file():
+        raise ModelDirError(f"{folder} has no unet/ (expected a festa prior or bridge folder)")
+    unet = UNet2DModel.from_pretrained(
+        folder, subfolder="unet", local_files_only=True, low_cpu_mem_usage=False
+    )
+    return unet.float().to(device).eval().requires_grad_(False)
+
+
+def run_unet(unet: UNet2DModel, x: torch.Tensor, t: int) -> torch.Tensor:
+    """``unet(x, t)`` for any ``[B, 1, H, W]``: reflect-pads H and W up to the UNet's multiple
+    (2 ** (levels - 1)) and crops the output back, so images need not be multiples of it."""
+    m = 2 ** (len(unet.config.block_out_channels) - 1)
+    H, W = x.shape[-2:]
+    ph, pw = -H % m, -W % m
+    if ph or pw:
+        x = torch.nn.functional.pad(
+            x, (0, pw, 0, ph), mode="reflect" if min(H, W) > m else "replicate"
+        )
+    out = unet(x, torch.full((x.shape[0],), t, device=x.device)).sample
+    return out[..., :H, :W]
+
+
+@dataclass
+class DiffusionPrior:
+    """An eps-predicting DDPM: ``unet(x_t, t)`` on ``[B, 1, H, W]`` in [-1, 1]."""
+
+    unet: UNet2DModel
+    alphas_cumprod: torch.Tensor  # [T] float64
+    path: Path
+    sha256: str
+
+    @property
+    def size(self) -> int:
+        return int(self.unet.config.sample_size)
+
+    def predict_x0(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        a = float(self.alphas_cumprod[t])
+        eps = run_unet(self.unet, x, t)
+        return (x - (1 - a) ** 0.5 * eps) / a**0.5
+
+
+def load_prior(folder: Path, device: str = "cpu") -> DiffusionPrior:
+    """Load an image or kernel prior saved by ``train-prior`` / ``train-kernel-prior``."""
+    folder = Path(folder)
+    unet = _load_unet(folder, device)
+    sched = DDPMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
+    return DiffusionPrior(unet, sched.alphas_cumprod.double(), folder, sha256_of(folder))
+
+
+@dataclass
+class Bridge:
+    """A CDDB bridge: ``x0_hat = x_t - std_fwd[t] * unet(x_t, t)``."""
+
+    unet: UNet2DModel
+    schedule: BridgeSchedule
+    spec: str
+    path: Path
+    sha256: str
+
+    @property
+    def size(self) -> int:
+        return int(self.unet.config.sample_size)
+
+    def predict_x0(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        return x - float(self.schedule.std_fwd[t]) * run_unet(self.unet, x, t)
+
+
+def load_bridge(folder: Path, device: str = "cpu") -> Bridge:
+    meta = json.loads((folder / "bridge.json").read_text())
+    schedule = BridgeSchedule(meta["n"], meta["beta_min"], meta["beta_max"])
+    return Bridge(
+        _load_unet(folder, device), schedule, meta["degradation"], folder, sha256_of(folder)
+    )
+
+
+def bridge_specs(model_dir: Path) -> dict[str, Path]:
+    """Canonical SPEC -> bridge folder for every bridge under ``model_dir/bridges``."""
+    out = {}
+    for meta in sorted(Path(model_dir).glob("bridges/*/bridge.json")):
+        out[parse_spec(json.loads(meta.read_text())["degradation"]).spec] = meta.parent
+    return out

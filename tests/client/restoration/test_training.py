@@ -1,0 +1,69 @@
+"""Prior / kernel-prior / bridge training: diffusers can load what we save; training resumes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import DDPMPipeline, UNet2DModel
+
+from client.restoration.training import TrainConfig, train_prior
+from tests.client.restoration.conftest import TINY_BRIDGE_SPEC
+
+
+def test_saved_priors_load_as_diffusers_pipelines(tiny_models: Path) -> None:
+    for name, size in (("prior", 32), ("kernel_prior", 16)):
+        pipe = DDPMPipeline.from_pretrained(tiny_models / name, local_files_only=True)
+        assert pipe.unet.config.in_channels == 1 and pipe.unet.config.sample_size == size
+        out = pipe.unet.float()(torch.zeros(1, 1, size, size), torch.tensor([10])).sample
+        assert out.shape == (1, 1, size, size) and torch.isfinite(out).all()
+    record = json.loads((tiny_models / "prior" / "festa_training.json").read_text())
+    assert (
+        record["config"]["steps"] == 4
+        and record["data"] == "phantoms"
+        and record["config"]["seed"] == 0
+    )
+
+
+def test_bridge_is_saved_with_its_degradation(tiny_models: Path) -> None:
+    bridge = tiny_models / "bridges" / "blur1"
+    meta = json.loads((bridge / "bridge.json").read_text())
+    assert meta["degradation"] == TINY_BRIDGE_SPEC
+    unet = UNet2DModel.from_pretrained(bridge, subfolder="unet", local_files_only=True)
+    assert unet.config.out_channels == 1
+
+
+def test_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    cfg = TrainConfig(steps=3, batch=2, checkpoint_every=1, n_phantoms=8)
+    first = train_prior("phantoms", 32, tmp_path, cfg, preset="tiny")
+    assert len(first) == 3
+    more = train_prior(
+        "phantoms",
+        32,
+        tmp_path,
+        TrainConfig(steps=5, batch=2, checkpoint_every=1, n_phantoms=8),
+        "tiny",
+    )
+    assert len(more) == 2  # only steps 4 and 5 ran
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 5
+    fresh = train_prior("phantoms", 32, tmp_path / "b", cfg, preset="tiny", resume=False)
+    assert fresh == first  # same seed, same losses
+
+
+def test_a_diverging_loss_stops_training_with_a_typed_error(tmp_path: Path) -> None:
+    import numpy as np
+    import pytest
+
+    from client.restoration.errors import TrainingDivergedError
+    from client.restoration.training import build_unet, train_loop
+
+    def sample(batch: int, rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
+        return torch.zeros(batch, 1, 16, 16)
+
+    def nan_loss(model, batch, gen):  # a real forward pass whose loss is poisoned
+        return model(batch, torch.zeros(len(batch), dtype=torch.long)).sample.mean() * float("nan")
+
+    with pytest.raises(TrainingDivergedError):
+        train_loop(build_unet(16, "tiny"), tmp_path, sample, nan_loss, TrainConfig(steps=3), "nan")
+    assert not (tmp_path / "unet").exists()

@@ -1,0 +1,55 @@
+"""Simulated scanners and restoration in the training data path."""
+
+import numpy as np
+import torch
+
+from client.restored_data import site_scanner, with_scanner
+from client.site_data import SiteData
+from shared.config import FederationConfig
+from shared.data.datasets import phantom_dataset
+
+
+def _site(n=6):
+    pool = phantom_dataset(n, size=64, seed=11)
+    return SiteData("site-1", "segmentation", pool, np.arange(n), pool, np.arange(n)), pool
+
+
+def test_clean_sites_and_degraded_sites():
+    assert site_scanner(0) is None and site_scanner(2) is None
+    assert site_scanner(1) and site_scanner(3) and site_scanner(1) != site_scanner(3)
+    site, pool = _site()
+    cfg = FederationConfig(degrade="site", restore="none")
+    clean = with_scanner(cfg, site, 0)
+    assert clean.train is pool and clean.restoration["degraded"] == 0
+    degraded = with_scanner(cfg, site, 1)
+    assert degraded.restoration == {"restored": 0, "pending": 0, "quarantined": 0, "degraded": 6}
+    for k in range(6):
+        assert not torch.equal(degraded.train[k]["image"], pool[k]["image"])
+        assert degraded.train[k]["provenance"] is None and degraded.train[k][
+            "acquisition"
+        ] == site_scanner(1)
+
+
+def test_restoration_keeps_originals_records_provenance_and_caches(tmp_path):
+    site, pool = _site()
+    before = [s["image"].clone() for s in pool.samples]
+    cfg = FederationConfig(
+        degrade="site", restore="cddb", restore_nfe=2, restore_cache=str(tmp_path)
+    )
+    acquired = with_scanner(cfg.model_copy(update={"restore": "none"}), site, 1)
+    restored = with_scanner(cfg, site, 1)
+
+    assert restored.restoration["restored"] == 6 and restored.restoration["quarantined"] == 0
+    for k in range(6):
+        prov = restored.train[k]["provenance"]
+        assert prov["method"] == "cddb" and prov["nfe"] == 2 and np.isfinite(prov["residual"])
+        assert not torch.equal(restored.train[k]["image"], acquired.train[k]["image"])
+    # The shared pool (what other virtual clients read) is untouched.
+    assert all(torch.equal(a, s["image"]) for a, s in zip(before, pool.samples, strict=True))
+    # A second run reads the cache: same images, same counts, one cache file.
+    again = with_scanner(cfg, site, 1)
+    assert all(
+        torch.equal(a["image"], b["image"])
+        for a, b in zip(again.train.samples, restored.train.samples, strict=True)
+    )
+    assert len(list(tmp_path.glob("*.npz"))) == 1
