@@ -25,6 +25,7 @@ from shared.config import FederationConfig
 from shared.fedavg import fedavg
 from shared.model.body import Body
 from shared.runinfo import append_jsonl, environment_info, seed_everything, write_json
+from shared.tasks import primary_metric
 from shared.train.task_model import TaskModel
 
 log = logging.getLogger(__name__)
@@ -466,9 +467,7 @@ class Federation:
     def _show_round(self, record: dict[str, Any]) -> None:
         parts = [f"[bold]round {record['round']}/{self.cfg.rounds}[/] {record['phase']:<13}"]
         for task, m in record["tasks"].items():
-            key = {"classification": "auc", "segmentation": "dice", "detection": "map50"}.get(
-                task, "loss"
-            )
+            key = primary_metric(task)
             if key in m:
                 parts.append(f"{task[:4]} {key}={m[key]:.3f}")
         parts.append(f"{record['bytes_total'] / 1e6:.1f} MB  {record['seconds']:.1f} s")

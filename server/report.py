@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-PRIMARY = {"classification": "auc", "segmentation": "dice", "detection": "map50"}
+from shared.tasks import primary_metric  # noqa: E402
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -22,7 +22,7 @@ def write_report(run_dir: str | Path) -> Path:
     fig, (ax_m, ax_t) = plt.subplots(1, 2, figsize=(11, 4))
     tasks = sorted({t for r in rounds for t in r["tasks"]})
     for task in tasks:
-        key = PRIMARY.get(task, "loss")
+        key = primary_metric(task)
         pts = [
             (r["round"], r["tasks"][task][key]) for r in rounds if key in r["tasks"].get(task, {})
         ]

@@ -21,16 +21,20 @@ from pathlib import Path
 import torch
 
 from shared.config import CentralConfig, DataConfig, FederationConfig, ScheduleConfig
+from shared.tasks import primary_metric
 from simulations.report import machine_line, publish
 
 REPO = Path(__file__).resolve().parents[1]
-PRIMARY = {"classification": "auc", "segmentation": "dice", "detection": "map50"}
 
 
 def simulate(cfg: FederationConfig, out: Path) -> dict:
     """Run `festa simulate` on `cfg` in a subprocess; return its summary and round records."""
     config_path = out.parent / f"{out.name}.json"
-    if (out / "summary.json").exists() and config_path.exists() and config_path.read_text() == cfg.model_dump_json():
+    if (
+        (out / "summary.json").exists()
+        and config_path.exists()
+        and config_path.read_text() == cfg.model_dump_json()
+    ):
         return _load(out)  # the same run finished earlier in this work folder
     if out.exists():
         shutil.rmtree(out)
@@ -78,7 +82,7 @@ def _to_toml(data: dict, prefix: str = "") -> str:
 
 
 def primary(metrics: dict[str, dict[str, float]], task: str) -> float:
-    return metrics.get(task, {}).get(PRIMARY[task], float("nan"))
+    return metrics.get(task, {}).get(primary_metric(task), float("nan"))
 
 
 def bench_traffic(base: FederationConfig, work: Path) -> list[list]:
@@ -241,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
             [
                 "run",
                 "MB per client per round",
-                *(f"{t} {PRIMARY[t]}" for t in base.tasks),
+                *(f"{t} {primary_metric(t)}" for t in base.tasks),
                 "wall s",
             ],
             rows,
@@ -272,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
         publish(
             "Accuracy: festa vs centralized vs local-only vs plain FedAvg (phantoms, non-IID)",
             command,
-            ["method", *(f"{t} {PRIMARY[t]}" for t in base.tasks)],
+            ["method", *(f"{t} {primary_metric(t)}" for t in base.tasks)],
             rows,
             notes=(
                 f"Same partition (Dirichlet 0.5 over 6 clients, 2 per task), batch {base.optim.batch_size}, "

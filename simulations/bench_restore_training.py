@@ -15,7 +15,8 @@ import tempfile
 from pathlib import Path
 
 from shared.config import FederationConfig
-from simulations.bench_federation import PRIMARY, primary, simulate
+from shared.tasks import primary_metric
+from simulations.bench_federation import primary, simulate
 from simulations.report import machine_line, publish
 
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         + " ".join(sys.argv[1:] if argv is None else argv),
         [
             "training data",
-            *(f"{t} {PRIMARY[t]}" for t in base.tasks),
+            *(f"{t} {primary_metric(t)}" for t in base.tasks),
             *(f"Δ{t[:4]}" for t in base.tasks),
             "restored",
             "quarantined",

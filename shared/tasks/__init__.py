@@ -5,6 +5,13 @@ decorates a `Task` subclass with `@register_task("name")`; the body and the tran
 """
 
 from shared.tasks import classification, detection, segmentation  # noqa: F401  (registers them)
-from shared.tasks.base import TASKS, MetricAccumulator, Task, get_task, register_task
+from shared.tasks.base import (
+    TASKS,
+    MetricAccumulator,
+    Task,
+    get_task,
+    primary_metric,
+    register_task,
+)
 
-__all__ = ["TASKS", "MetricAccumulator", "Task", "get_task", "register_task"]
+__all__ = ["TASKS", "MetricAccumulator", "Task", "get_task", "primary_metric", "register_task"]

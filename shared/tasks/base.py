@@ -71,6 +71,11 @@ def get_task(name: str) -> Task:
         raise KeyError(f"unknown task {name!r}; registered tasks: {sorted(TASKS)}") from None
 
 
+def primary_metric(task_name: str) -> str:
+    """The metric a task is judged by (`loss` for a name the registry does not know)."""
+    return TASKS[task_name].primary_metric if task_name in TASKS else "loss"
+
+
 def tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:
     """tokens `[B, N, D]` in spatial order -> feature map `[B, D, g, g]` with g*g = N."""
     b, n, d = tokens.shape
