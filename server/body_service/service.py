@@ -251,7 +251,11 @@ class BodyService:
         mode: Mode = "sync",
         step_deadline_s: float = 60.0,
     ) -> None:
-        """Accept streams from `participants` (node_id -> task) holding tokens for `round_id`."""
+        """Accept streams from `participants` (node_id -> task) holding tokens for `round_id`.
+
+        Sync steps concatenate the clients' tokens in `participants` order: pass a stable order
+        (e.g. by site) for runs that reproduce bit for bit.
+        """
         if self._round is not None and not self._round.closed:
             raise RuntimeError(f"round {self._round.round_id} is still open; close it first")
         if mode not in ("sync", "async"):
@@ -668,7 +672,9 @@ class _SyncCoordinator:
         """One forward on the concatenation of the step's tokens (one per distinct N)."""
         rnd = self.rnd
         by_count: dict[int, list[str]] = {}
-        for node in sorted(batch):
+        # Participants' order, not arrival or node-id order: node ids change between runs, and
+        # float sums in another order would make a resumed run drift from an uninterrupted one.
+        for node in (n for n in rnd.clients if n in batch):
             by_count.setdefault(batch[node][0].shape[1], []).append(node)
         groups, parts = [], {}
         for count in sorted(by_count):
