@@ -66,6 +66,12 @@ class Transport(Protocol):
 
     def describe(self, cfg: FederationConfig, timeout_s: float) -> list[ClientInfo]: ...
 
+    def online_nodes(self) -> set[int]: ...
+
+    def describe_nodes(
+        self, cfg: FederationConfig, node_ids: list[int], timeout_s: float
+    ) -> list[ClientInfo]: ...
+
     def send(
         self, kind: str, round_number: int, instructions: list[Instruction], timeout_s: float
     ) -> list[Reply]: ...
@@ -141,6 +147,7 @@ class Federation:
                 if self._apply_admin_actions():
                     state = "stopped"
                     break
+                clients = self._rejoin(transport, clients, r)
                 active = [c for c in clients if c.site_id not in self.excluded]
                 self._round(transport, active, r, endpoint)
             else:
@@ -152,6 +159,55 @@ class Federation:
         finally:
             self.body.stop()
             self._store("finish_run", state)
+
+    # ---- sites that come back -----------------------------------------------------------------
+
+    def _rejoin(self, transport: Transport, clients: list[ClientInfo], r: int) -> list[ClientInfo]:
+        """The roster for round `r`: sites that dropped out of the last round get up to
+        `rejoin_wait_s` to answer again (a restarted daemon keeps its node id under node
+        authentication, or comes back under a new one without it)."""
+        wait_s = self.cfg.rejoin_wait_s
+        last = self.history[-1] if self.history else None
+        if wait_s <= 0 or last is None or last["round"] != r - 1:
+            return clients
+        missing = {
+            site
+            for site, c in last["clients"].items()
+            if c["dropped"] and site not in self.excluded
+        }
+        if not missing:
+            return clients
+        roster = {c.site_id: c for c in clients}
+        self.console.print(
+            f"round {r}: waiting up to {wait_s:.0f} s for {', '.join(sorted(missing))} to rejoin"
+        )
+        deadline = time.monotonic() + wait_s
+        while missing and (left := deadline - time.monotonic()) > 0:
+            present = {c.node_id for c in clients if c.site_id not in missing}
+            # A killed node stays "online" until it misses two heartbeats, so ask rather than
+            # look: the question waits at the SuperLink for the restarted node, which answers
+            # once it is let back in (an offline node gets an error reply at once; ask again).
+            candidates = sorted(transport.online_nodes() - present)
+            answers = (
+                transport.describe_nodes(self.cfg, candidates, timeout_s=left) if candidates else []
+            )
+            for info in answers:
+                known = roster.get(info.site_id)
+                if info.site_id in missing and known is not None and info.task == known.task:
+                    roster[info.site_id] = info
+                    missing.discard(info.site_id)
+                    self.console.print(f"[green]round {r}: {info.site_id} rejoined[/]")
+                    self._store("record_event", "rejoined", info.site_id, site_id=info.site_id)
+                    self._store(
+                        "mark_client", info.site_id, True, node_id=info.node_id, task=info.task
+                    )
+            if missing:
+                time.sleep(min(1.0, max(deadline - time.monotonic(), 0)))
+        if missing:
+            self.console.print(
+                f"[yellow]round {r}: starting without {', '.join(sorted(missing))}[/]"
+            )
+        return [roster[c.site_id] for c in clients]
 
     # ---- run store (optional) ----------------------------------------------------------------
 
@@ -229,6 +285,7 @@ class Federation:
         for site, why in dropped.items():
             self.console.print(f"[yellow]round {r}: dropped {site}: {why}[/]")
             self._store("record_event", "dropped", f"{site}: {why}", site_id=site)
+            self._store("mark_client", site, False)
 
         # FedAvg within each task group; tasks never average together.
         ok = [rep for rep in replies if rep.client.site_id not in dropped]

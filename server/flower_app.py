@@ -27,12 +27,27 @@ class FlowerTransport:
     def describe(self, cfg: FederationConfig, timeout_s: float) -> list[ClientInfo]:
         """Wait for `cfg.clients` nodes, then ask each for its site, task and data sizes."""
         deadline = time.monotonic() + timeout_s
-        while len(node_ids := sorted(self.grid.get_node_ids())) < cfg.clients:
+        while len(node_ids := self.online_nodes()) < cfg.clients:
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"only {len(node_ids)} of {cfg.clients} nodes connected in {timeout_s:.0f} s"
                 )
             time.sleep(self.poll_s)
+        clients = self.describe_nodes(cfg, sorted(node_ids), timeout_s)
+        unknown = {c.task for c in clients} - set(cfg.tasks)
+        if unknown:
+            raise ValueError(f"nodes report tasks {sorted(unknown)} that this run does not train")
+        return sorted(clients, key=lambda c: c.site_id)
+
+    def online_nodes(self) -> set[int]:
+        """Node ids the SuperLink counts as online (a killed node stays listed until it
+        misses two heartbeats)."""
+        return set(self.grid.get_node_ids())
+
+    def describe_nodes(
+        self, cfg: FederationConfig, node_ids: list[int], timeout_s: float
+    ) -> list[ClientInfo]:
+        """Ask these nodes for their site, task and data sizes; silent nodes are left out."""
         content = RecordDict({"config": ConfigRecord({"festa-config": cfg.model_dump_json()})})
         messages = [
             Message(content, dst_node_id=n, message_type="query.describe") for n in node_ids
@@ -56,10 +71,7 @@ class FlowerTransport:
                     num_val=int(info["num-val"]),
                 )
             )
-        unknown = {c.task for c in clients} - set(cfg.tasks)
-        if unknown:
-            raise ValueError(f"nodes report tasks {sorted(unknown)} that this run does not train")
-        return sorted(clients, key=lambda c: c.site_id)
+        return clients
 
     def send(
         self, kind: str, round_number: int, instructions: list[Instruction], timeout_s: float

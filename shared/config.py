@@ -197,6 +197,12 @@ class FederationConfig(FestaModel):
         60.0, gt=0, description="sync mode: wait this long for a client's step"
     )
     round_timeout_s: float = Field(900.0, gt=0)
+    rejoin_wait_s: float = Field(
+        0.0,
+        ge=0,
+        description="a round waits up to this long for sites that dropped out of the last one"
+        " (e.g. a restarted site daemon) before it starts without them; 0: never waits",
+    )
     seed: int = 0
     device: str = "cpu"
     body_host: str = "127.0.0.1"
