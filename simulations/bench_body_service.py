@@ -22,6 +22,7 @@ import platform
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,11 +153,19 @@ def drive_clients(
     steps: int,
     warmup: int,
     wire: str = "fp32",
+    on_start: Callable[[], None] | None = None,
 ) -> ClientRun:
     """One thread per node runs `warmup` then `steps` forward+backward steps with random tokens
-    `[batch, N, D]` against the body service at `target` (round 0, tokens signed with SECRET)."""
+    `[batch, N, D]` against the body service at `target` (round 0, tokens signed with SECRET).
+    `on_start` is called once, when the measured steps begin."""
     marks: list[float] = []  # when the barrier released the measured steps
-    barrier = threading.Barrier(len(nodes), action=lambda: marks.append(time.perf_counter()))
+
+    def start() -> None:
+        if on_start is not None:
+            on_start()
+        marks.append(time.perf_counter())
+
+    barrier = threading.Barrier(len(nodes), action=start)
     per_client: dict[str, tuple[float, int]] = {}
     errors: list[BaseException] = []
 

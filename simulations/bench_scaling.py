@@ -75,8 +75,11 @@ def body_flops_per_token(config: ModelConfig, training: bool = True) -> float:
 def matmul_peak(
     device: str = "cpu", dtype: torch.dtype = torch.float32, size: int = 0, seconds: float = 2.0
 ) -> float:
-    """Best FLOP/s of `size` x `size` matmuls in `dtype` on `device` over ~`seconds` of repeats
-    (the best, not the mean: on a shared machine the mean measures the other load)."""
+    """Best FLOP/s of `size` x `size` matmuls in `dtype` on `device` over ~`seconds` of repeats.
+
+    On CPU the rate is per second of this thread's CPU time (what one core delivers while it
+    runs, so other processes on a shared machine do not lower it); on CUDA per second of wall
+    time after synchronizing. The best repeat, not the mean, is the peak."""
     dev = torch.device(device)
     size = size or (8192 if dev.type == "cuda" else 1024)
     gen = torch.Generator().manual_seed(0)
@@ -88,15 +91,17 @@ def matmul_peak(
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
+    clock = time.perf_counter if dev.type == "cuda" else time.thread_time
+
     torch.matmul(a, b)  # warm-up (kernel selection, allocator)
     sync()
     best, deadline, repeats = 0.0, time.perf_counter() + seconds, 0
     while repeats < 3 or time.perf_counter() < deadline:
-        start = time.perf_counter()
+        start = clock()
         for _ in range(inner):
             torch.matmul(a, b)
         sync()
-        best = max(best, 2 * size**3 * inner / (time.perf_counter() - start))
+        best = max(best, 2 * size**3 * inner / max(clock() - start, 1e-9))
         repeats += 1
     return best
 
@@ -111,6 +116,12 @@ def _rss_bytes() -> int:
     except (OSError, IndexError, ValueError):
         return 0
     return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds this process has used (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _peak_rss_bytes() -> int:
@@ -147,9 +158,13 @@ def _serve(conn: Any, config_json: str, nodes: list[str], mode: str, device: str
                 0, {n: "cls" for n in nodes}, train_body=True, mode=mode, step_deadline_s=900
             )
             conn.send({"port": port, "rss_idle": _rss_bytes()})
+            conn.recv()  # the measured steps start
+            cpu_start = _cpu_seconds()
             conn.recv()  # the clients are done
+            cpu_s = _cpu_seconds() - cpu_start
             report = service.close_round()
             result = {
+                "cpu_s": cpu_s,
                 "peak_rss": _peak_rss_bytes(),
                 "dropped": report.dropped,
                 "steps": report.steps,
@@ -172,6 +187,7 @@ class Throughput:
     steps: int  # measured steps per client
     tokens: int  # tokens through the body during the measured steps (all clients)
     wall_s: float
+    cpu_s: float  # server CPU seconds (all threads) during the measured steps
     rss_idle: int  # server bytes resident with the body loaded and the service listening
     rss_peak: int  # server peak resident bytes over the whole run
     cuda_peak: int  # server peak CUDA bytes allocated (0 on CPU)
@@ -203,7 +219,14 @@ def body_throughput(
     try:
         ready = _receive(parent, proc, timeout_s=300)
         run = drive_clients(
-            f"127.0.0.1:{ready['port']}", nodes, config, batch, steps, warmup, wire="fp32"
+            f"127.0.0.1:{ready['port']}",
+            nodes,
+            config,
+            batch,
+            steps,
+            warmup,
+            wire="fp32",
+            on_start=lambda: parent.send("start"),
         )
         parent.send("close")
         done = _receive(parent, proc, timeout_s=300)
@@ -221,6 +244,7 @@ def body_throughput(
         steps=steps,
         tokens=clients * steps * batch * config.num_tokens,
         wall_s=run.wall_s,
+        cpu_s=done["cpu_s"],
         rss_idle=ready["rss_idle"],
         rss_peak=done["peak_rss"],
         cuda_peak=done["cuda_peak"],
@@ -316,23 +340,42 @@ def main(argv: list[str] | None = None) -> None:
     console = Console(width=max(Console().width, 160))
     peak = matmul_peak(args.device, dtype)
     peak_text = (
-        f"Matmul peak measured here: {peak / 1e9:,.1f} GFLOP/s ({args.device}, "
-        f"{str(dtype).removeprefix('torch.')}, {args.threads} torch thread(s), best of ~2 s of "
-        f"{'8192' if cuda else '1024'}-square matmuls)."
+        f"Matmul peak measured by the script: {peak / 1e9:,.1f} GFLOP/s ({args.device}, "
+        f"{str(dtype).removeprefix('torch.')}, {args.threads} torch thread(s), best repeat of ~2 s "
+        f"of {'8192' if cuda else '1024'}-square matmuls"
+        + (")." if cuda else ", per second of the thread's CPU time).")
     )
     console.print(peak_text)
-    flops_text = (
-        "Body FLOPs per token (training) = 3 x depth x [2(4D^2 + 2DH) + 4ND] (D embed dim, "
-        "H MLP width, N tokens per image; matmuls only, fwd + bwd = 3 x fwd)."
+    notes_rates = (
+        "tokens/s = all clients' tokens / wall seconds of the measured steps (warm-up excluded; "
+        "forward + backward + AdamW counted once per token). GFLOP/s = tokens/s x body FLOPs per "
+        "token (training) = 3 x depth x [2(4D^2 + 2DH) + 4ND] (D embed dim, H MLP width, N tokens "
+        "per image; matmuls only, backward = 2 x forward). '% of peak (wall)' divides GFLOP/s by "
+        "the matmul peak"
+        + (
+            "."
+            if cuda
+            else "; '% of peak per CPU-s' divides the body FLOPs by the server process's CPU "
+            "seconds (all its threads, gRPC included) first, which removes the time the server "
+            "waited for a core on this shared machine."
+        )
+        + f" {peak_text} Server RSS = peak resident memory of the service process (ru_maxrss); "
+        "idle = after loading the body and listening, before any client."
     )
-    write = not args.no_write
+    rate_columns = ["tokens/s", "GFLOP/s", "% of peak (wall)", "% of peak per CPU-s"]
 
+    def rates(tp: Throughput, config: ModelConfig) -> list[object]:
+        flops = body_flops_per_token(config) * tp.tokens
+        per_cpu = "-" if cuda else 100 * flops / max(tp.cpu_s, 1e-9) / peak
+        return [tp.tokens_per_s, flops / tp.wall_s / 1e9, 100 * flops / tp.wall_s / peak, per_cpu]
+
+    write = not args.no_write
     with Progress(console=Console(stderr=True)) as progress:
-        rows_clients: list[list[object]] = []
         if not {"clients", "rounds"} <= set(args.skip):
             sweep = [(n, m) for n in args.clients for m in args.modes]
             task = progress.add_task("client sweep", total=len(sweep))
             tiny = MODEL_SIZES["tiny"]
+            rows: list[list[object]] = []
             for n, mode in sweep:
                 row: list[object] = [n, mode]
                 if "rounds" in args.skip:
@@ -341,59 +384,47 @@ def main(argv: list[str] | None = None) -> None:
                     rt = round_time(n, mode, args.rounds, args.local_steps, work)
                     row += [rt["round_s"], rt["train_s"]]
                 if "clients" in args.skip:
-                    row += ["-"] * 5
+                    row += ["-"] * (len(rate_columns) + 2)
                 else:
                     tp = body_throughput(
                         tiny, n, mode, args.batch, args.steps, 1, args.device, args.threads
                     )
-                    achieved = tp.tokens_per_s * body_flops_per_token(tiny)
-                    row += [
-                        tp.tokens_per_s,
-                        achieved / 1e9,
-                        100 * achieved / peak,
-                        tp.rss_peak / MB,
-                        (tp.rss_peak - tp.rss_idle) / MB / n,
-                    ]
-                rows_clients.append(row)
+                    row += rates(tp, tiny)
+                    row += [tp.rss_peak / MB, (tp.rss_peak - tp.rss_idle) / MB / n]
+                rows.append(row)
                 progress.advance(task)
-            if rows_clients:
-                publish(
-                    "Scaling with clients: round time, body throughput, server memory",
-                    command,
-                    [
-                        "clients",
-                        "mode",
-                        "round s",
-                        "body train s/round",
-                        "body tokens/s",
-                        "body GFLOP/s",
-                        "% of matmul peak",
-                        "server peak RSS MB",
-                        "RSS above idle per client MB",
-                    ],
-                    rows_clients,
-                    notes=(
-                        f"Round time: `festa simulate`, tiny preset (64 px phantoms, dim 128, depth 4), "
-                        f"2 tasks, IID, batch 8, {args.local_steps} local steps, {args.rounds} rounds "
-                        "with the body training every round; round s = mean wall seconds of the rounds "
-                        "after the first (training + evaluation + FedAvg), body train s = the body "
-                        "service's training phase of those rounds. Ray gives every virtual client "
-                        "cores/clients CPUs, so all clients run at once (sync mode needs that). "
-                        f"Body throughput: one BodyService process on {args.device} ("
-                        f"{args.threads} torch thread(s)), N client threads over loopback gRPC (fp32 "
-                        f"wire), batch {args.batch} x 64 tokens per client, {args.steps} measured steps "
-                        "after 1 warm-up; tokens/s = all clients' tokens / wall seconds of the measured "
-                        "steps. Server RSS = peak resident memory of the service process (ru_maxrss); "
-                        "idle = after loading the body and listening. "
-                        f"{flops_text} {peak_text}"
-                    ),
-                    machine=machine,
-                    console=console,
-                    write=write,
-                )
-        rows_models: list[list[object]] = []
+            publish(
+                "Scaling with clients: round time, body throughput, server memory",
+                command,
+                [
+                    "clients",
+                    "mode",
+                    "round s",
+                    "body train s/round",
+                    *rate_columns,
+                    "server peak RSS MB",
+                    "RSS above idle per client MB",
+                ],
+                rows,
+                notes=(
+                    "Round time: `festa simulate`, tiny preset (64 px phantoms, dim 128, depth 4), "
+                    f"2 tasks, IID, batch 8, {args.local_steps} local steps, {args.rounds} rounds "
+                    "with the body training every round; round s = mean wall seconds of the rounds "
+                    "after the first (training + evaluation + FedAvg), body train s = the body "
+                    "service's training phase of those rounds. Every virtual client runs at once "
+                    "(Ray: cores/clients CPUs each; Flower's engine: one worker thread per client). "
+                    f"Body throughput: one BodyService process on {args.device} ({args.threads} "
+                    "torch thread(s)), N client threads over loopback gRPC (fp32 wire), batch "
+                    f"{args.batch} x 64 tokens per client, {args.steps} measured steps after 1 "
+                    f"warm-up. {notes_rates}"
+                ),
+                machine=machine,
+                console=console,
+                write=write,
+            )
         if "models" not in args.skip:
             task = progress.add_task("model sweep", total=len(args.presets))
+            rows = []
             for name in args.presets:
                 config = MODEL_SIZES[name]
                 tp = body_throughput(
@@ -406,19 +437,14 @@ def main(argv: list[str] | None = None) -> None:
                     args.device,
                     args.threads,
                 )
-                flops = body_flops_per_token(config)
-                achieved = tp.tokens_per_s * flops
-                params = _body_params(config)
-                rows_models.append(
+                rows.append(
                     [
                         name,
                         f"{config.embed_dim} x {config.depth}",
                         config.num_tokens,
-                        params / 1e6,
-                        flops / 1e6,
-                        tp.tokens_per_s,
-                        achieved / 1e9,
-                        100 * achieved / peak,
+                        _body_params(config) / 1e6,
+                        body_flops_per_token(config) / 1e6,
+                        *rates(tp, config),
                         tp.rss_peak / MB,
                         tp.cuda_peak / MB if cuda else "-",
                     ]
@@ -433,20 +459,18 @@ def main(argv: list[str] | None = None) -> None:
                     "tokens/image",
                     "params M",
                     "MFLOP/token (train)",
-                    "tokens/s",
-                    "GFLOP/s",
-                    "% of matmul peak",
+                    *rate_columns,
                     "server peak RSS MB",
                     "peak CUDA MB",
                 ],
-                rows_models,
+                rows,
                 notes=(
                     f"{args.model_clients} clients, sync, batch {args.model_batch} per client, "
-                    f"{args.model_steps} measured steps after 1 warm-up, forward + backward + AdamW "
-                    f"per step; body service on {args.device} ({args.threads} torch thread(s)"
+                    f"{args.model_steps} measured steps after 1 warm-up; body service on "
+                    f"{args.device} ({args.threads} torch thread(s)"
                     + (", bf16 autocast" if cuda else ", fp32")
-                    + f"). 'small' is a ViT-S/16-sized body (D 384, 6 heads) between the presets. "
-                    f"{flops_text} {peak_text}"
+                    + "). 'small' is a ViT-S/16-sized body (D 384, 6 heads) between the presets. "
+                    + notes_rates
                 ),
                 machine=machine,
                 console=console,
