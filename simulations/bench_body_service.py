@@ -102,7 +102,7 @@ def bench_interleaved(
 ) -> list[Row]:
     """Local and one remote client per wire dtype, stepped round-robin (rotating order) so that
     load from other processes on a shared machine hits every path alike."""
-    tokens, grad = _inputs(config, batch, seed=0)
+    tokens, grad = random_inputs(config, batch, seed=0)
     with contextlib.ExitStack() as stack:
         names = [("local (in-process)", "-")] + [("remote", w) for w in WIRE_DTYPES]
         steppers = [_LocalStepper(copy.deepcopy(body))] + [
@@ -171,7 +171,7 @@ def drive_clients(
 
     def client(node: str, seed: int) -> None:
         try:
-            tokens, grad = _inputs(config, batch, seed)
+            tokens, grad = random_inputs(config, batch, seed)
             token = issue_token(SECRET, RUN_ID, 0, node, "cls", ttl_s=3600)
             with RemoteBodyLink(target, token, wire_dtype=wire) as link:
                 for _ in range(warmup):
@@ -240,7 +240,7 @@ def bench_sync_clients(
 def codec_seconds(config: ModelConfig, batch: int, wire: str, repeats: int) -> float:
     """Best-of-`repeats` time of the wire work in one step: 4 tensors encoded and decoded (no
     gRPC); the minimum, because on a shared machine the median mostly measures other load."""
-    tokens, _ = _inputs(config, batch, seed=0)
+    tokens, _ = random_inputs(config, batch, seed=0)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -263,7 +263,8 @@ def _in_worker_thread(fn: Any, *args: Any) -> Any:
     return result[0]
 
 
-def _inputs(config: ModelConfig, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def random_inputs(config: ModelConfig, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random tokens `[batch, N, D]` and a small random gradient of the same shape."""
     gen = torch.Generator().manual_seed(seed)
     shape = (batch, config.num_tokens, config.embed_dim)
     return torch.randn(shape, generator=gen), torch.randn(shape, generator=gen) * 1e-3

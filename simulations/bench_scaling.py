@@ -45,7 +45,7 @@ from shared.config import (
     ScheduleConfig,
     model_preset,
 )
-from simulations.bench_body_service import RUN_ID, SECRET, drive_clients
+from simulations.bench_body_service import RUN_ID, SECRET, drive_clients, random_inputs
 from simulations.report import machine_line, publish
 
 MB = 1024 * 1024
@@ -260,6 +260,34 @@ def _receive(conn: Any, proc: Any, timeout_s: float) -> dict[str, Any]:
     return message
 
 
+def engine_throughput(
+    config: ModelConfig, batch: int, steps: int, device: str = "cpu", warmup: int = 1
+) -> tuple[float, float]:
+    """The body engine alone in this process (no gRPC, no codec): forward + backward + AdamW on
+    random tokens `[batch, N, D]`. Returns tokens per wall second and per CPU second of this
+    thread (the CPU figure is meaningful on CPU only)."""
+    from server.body_service.engine import BodyEngine
+    from shared.model.body import Body
+
+    torch.manual_seed(0)
+    engine = BodyEngine(
+        Body(config),
+        lr=1e-4,
+        weight_decay=0.01,
+        device=device,
+        autocast_bf16=device.startswith("cuda"),
+    )
+    tokens, grad = random_inputs(config, batch, seed=0)
+    wall = cpu = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            wall, cpu = time.perf_counter(), time.thread_time()
+        state, _ = engine.forward(tokens)  # the output's copy to the CPU synchronizes
+        engine.backward([state], [grad], optimizer_step=True)
+    count = batch * config.num_tokens * steps
+    return count / (time.perf_counter() - wall), count / (time.thread_time() - cpu)
+
+
 # ---- round time from real simulations ------------------------------------------------------
 
 
@@ -437,6 +465,14 @@ def main(argv: list[str] | None = None) -> None:
                     args.device,
                     args.threads,
                 )
+                engine_wall, engine_cpu = engine_throughput(
+                    config,
+                    args.model_clients * args.model_batch,
+                    args.model_steps,
+                    args.device,
+                )
+                engine_rate = engine_wall if cuda else engine_cpu
+                flops = body_flops_per_token(config)
                 rows.append(
                     [
                         name,
@@ -445,6 +481,8 @@ def main(argv: list[str] | None = None) -> None:
                         _body_params(config) / 1e6,
                         body_flops_per_token(config) / 1e6,
                         *rates(tp, config),
+                        engine_wall,
+                        100 * engine_rate * flops / peak,
                         tp.rss_peak / MB,
                         tp.cuda_peak / MB if cuda else "-",
                     ]
@@ -460,6 +498,8 @@ def main(argv: list[str] | None = None) -> None:
                     "params M",
                     "MFLOP/token (train)",
                     *rate_columns,
+                    "engine alone tokens/s",
+                    "engine alone % of peak",
                     "server peak RSS MB",
                     "peak CUDA MB",
                 ],
@@ -470,6 +510,13 @@ def main(argv: list[str] | None = None) -> None:
                     f"{args.device} ({args.threads} torch thread(s)"
                     + (", bf16 autocast" if cuda else ", fp32")
                     + "). 'small' is a ViT-S/16-sized body (D 384, 6 heads) between the presets. "
+                    "'engine alone' runs the service's BodyEngine in the benchmark process on the "
+                    "same concatenated batch without gRPC or the wire codec"
+                    + (
+                        " (% of peak from wall time). "
+                        if cuda
+                        else " (tokens/s from wall time; % of peak per CPU-second of its thread). "
+                    )
                     + notes_rates
                 ),
                 machine=machine,
