@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
+import sys
 
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from shared.config import ModelConfig, model_preset
 from shared.model.body import Body
-from simulations.bench_scaling import body_flops_per_token, body_throughput, matmul_peak
+from simulations.bench_scaling import (
+    _peak_rss_bytes,
+    _rss_bytes,
+    body_flops_per_token,
+    body_throughput,
+    matmul_peak,
+)
 
 MICRO = ModelConfig(image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 
@@ -56,3 +65,25 @@ def test_flops_per_token_hand_count_of_the_base_preset() -> None:
 def test_matmul_peak_is_a_positive_rate() -> None:
     peak = matmul_peak("cpu", torch.float32, size=128, seconds=0.05)
     assert math.isfinite(peak) and peak > 0
+
+
+def _report_memory(queue) -> None:
+    queue.put((_peak_rss_bytes(), _rss_bytes()))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
+def test_a_spawned_server_reports_its_own_peak_memory_not_its_parents() -> None:
+    """ru_maxrss of a spawned child starts at its parent's resident size; the server's peak
+    must not (the parent here holds 600 MB that the child never allocates)."""
+    held = bytearray(600 * 1024 * 1024)
+    held[::4096] = b"\x01" * len(range(0, len(held), 4096))  # touch every page
+    parent = _rss_bytes()
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_report_memory, args=(queue,))
+    child.start()
+    peak, now = queue.get(timeout=120)
+    child.join()
+    assert now > 0 and peak > 0
+    assert peak < parent - 300 * 1024 * 1024, (peak, parent)
+    del held
