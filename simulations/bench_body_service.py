@@ -22,6 +22,7 @@ import platform
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,7 @@ def bench_interleaved(
 ) -> list[Row]:
     """Local and one remote client per wire dtype, stepped round-robin (rotating order) so that
     load from other processes on a shared machine hits every path alike."""
-    tokens, grad = _inputs(config, batch, seed=0)
+    tokens, grad = random_inputs(config, batch, seed=0)
     with contextlib.ExitStack() as stack:
         names = [("local (in-process)", "-")] + [("remote", w) for w in WIRE_DTYPES]
         steppers = [_LocalStepper(copy.deepcopy(body))] + [
@@ -134,6 +135,77 @@ def bench_interleaved(
         ]
 
 
+@dataclass
+class ClientRun:
+    """What `drive_clients` measured: per-client median step time and traffic, and the wall
+    time of the measured steps of all clients together."""
+
+    step_s: dict[str, float]  # node -> median seconds per forward + backward
+    traffic: dict[str, int]  # node -> bytes both ways during the measured steps
+    wall_s: float  # first measured step of any client to the last one's end
+
+
+def drive_clients(
+    target: str,
+    nodes: list[str],
+    config: ModelConfig,
+    batch: int,
+    steps: int,
+    warmup: int,
+    wire: str = "fp32",
+    on_start: Callable[[], None] | None = None,
+) -> ClientRun:
+    """One thread per node runs `warmup` then `steps` forward+backward steps with random tokens
+    `[batch, N, D]` against the body service at `target` (round 0, tokens signed with SECRET).
+    `on_start` is called once, when the measured steps begin."""
+    marks: list[float] = []  # when the barrier released the measured steps
+
+    def start() -> None:
+        if on_start is not None:
+            on_start()
+        marks.append(time.perf_counter())
+
+    barrier = threading.Barrier(len(nodes), action=start)
+    per_client: dict[str, tuple[float, int]] = {}
+    errors: list[BaseException] = []
+
+    def client(node: str, seed: int) -> None:
+        try:
+            tokens, grad = random_inputs(config, batch, seed)
+            token = issue_token(SECRET, RUN_ID, 0, node, "cls", ttl_s=3600)
+            with RemoteBodyLink(target, token, wire_dtype=wire) as link:
+                for _ in range(warmup):
+                    link.forward(tokens)
+                    link.backward(grad)
+                barrier.wait()
+                before = link.bytes_sent + link.bytes_received
+                times = []
+                for _ in range(steps):
+                    start = time.perf_counter()
+                    link.forward(tokens)
+                    link.backward(grad)
+                    times.append(time.perf_counter() - start)
+                traffic = link.bytes_sent + link.bytes_received - before
+                per_client[node] = (statistics.median(times), traffic)
+        except BaseException as exc:  # reported by the caller; a broken barrier frees the rest
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=client, args=(n, i)) for i, n in enumerate(nodes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    end = time.perf_counter()
+    if errors or len(per_client) != len(nodes):
+        raise RuntimeError(f"benchmark clients failed: {errors[:1] or 'missing results'}")
+    return ClientRun(
+        {n: s for n, (s, _) in per_client.items()},
+        {n: b for n, (_, b) in per_client.items()},
+        end - marks[0],
+    )
+
+
 def bench_sync_clients(
     body: Body,
     config: ModelConfig,
@@ -148,37 +220,12 @@ def bench_sync_clients(
     with BodyService(copy.deepcopy(body), config, secret=SECRET, lr=1e-4, run_id=RUN_ID) as svc:
         port = svc.start("127.0.0.1", 0)
         svc.open_round(0, {n: "cls" for n in nodes}, train_body=True, step_deadline_s=60)
-        barrier = threading.Barrier(clients)
-        per_client: dict[str, tuple[float, int]] = {}
-
-        def client(node: str, seed: int) -> None:
-            tokens, grad = _inputs(config, batch, seed)
-            token = issue_token(SECRET, RUN_ID, 0, node, "cls", ttl_s=3600)
-            with RemoteBodyLink(f"127.0.0.1:{port}", token, wire_dtype=wire) as link:
-                for _ in range(warmup):
-                    link.forward(tokens)
-                    link.backward(grad)
-                barrier.wait()
-                before = link.bytes_sent + link.bytes_received
-                times = []
-                for _ in range(steps):
-                    start = time.perf_counter()
-                    link.forward(tokens)
-                    link.backward(grad)
-                    times.append(time.perf_counter() - start)
-                traffic = link.bytes_sent + link.bytes_received - before
-                per_client[node] = (statistics.median(times), traffic)
-
-        threads = [threading.Thread(target=client, args=(n, i)) for i, n in enumerate(nodes)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        run = drive_clients(f"127.0.0.1:{port}", nodes, config, batch, steps, warmup, wire)
         report = svc.close_round()
-    if report.dropped or len(per_client) != clients:
+    if report.dropped:
         raise RuntimeError(f"benchmark clients dropped: {report.dropped}")
-    step_s = max(s for s, _ in per_client.values())
-    traffic = sum(b for _, b in per_client.values()) / clients / steps
+    step_s = max(run.step_s.values())
+    traffic = sum(run.traffic.values()) / clients / steps
     return Row(
         f"remote, sync x{clients}",
         wire,
@@ -193,7 +240,7 @@ def bench_sync_clients(
 def codec_seconds(config: ModelConfig, batch: int, wire: str, repeats: int) -> float:
     """Best-of-`repeats` time of the wire work in one step: 4 tensors encoded and decoded (no
     gRPC); the minimum, because on a shared machine the median mostly measures other load."""
-    tokens, _ = _inputs(config, batch, seed=0)
+    tokens, _ = random_inputs(config, batch, seed=0)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -216,7 +263,8 @@ def _in_worker_thread(fn: Any, *args: Any) -> Any:
     return result[0]
 
 
-def _inputs(config: ModelConfig, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def random_inputs(config: ModelConfig, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random tokens `[batch, N, D]` and a small random gradient of the same shape."""
     gen = torch.Generator().manual_seed(seed)
     shape = (batch, config.num_tokens, config.embed_dim)
     return torch.randn(shape, generator=gen), torch.randn(shape, generator=gen) * 1e-3

@@ -35,8 +35,9 @@ def publish(
     notes: str = "",
     machine: str | None = None,
     console: Console | None = None,
+    write: bool = True,
 ) -> None:
-    """Print `rows` as a table and append a dated section to BENCHMARKS.md."""
+    """Print `rows` as a table and (if `write`) append a dated section to BENCHMARKS.md."""
     console = console or Console()
     table = Table(title=title)
     for col in columns:
@@ -44,6 +45,8 @@ def publish(
     for row in rows:
         table.add_row(*map(_fmt, row))
     console.print(table)
+    if not write:
+        return
     lines = [
         f"## {title} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +67,13 @@ def run_simulation(
     if own_ray:
         ray.init(**backend["init_args"], logging_level=logging.WARNING)
     try:
-        flwr_run_simulation(
-            server_app=make_server_app(cfg, out, resume=resume, store=store),
-            client_app=client_app,
-            num_supernodes=cfg.clients,
-            backend_config=backend,
-        )
+        with _workers_for_every_client(cfg.clients):
+            flwr_run_simulation(
+                server_app=make_server_app(cfg, out, resume=resume, store=store),
+                client_app=client_app,
+                num_supernodes=cfg.clients,
+                backend_config=backend,
+            )
     finally:
         if own_ray:
             ray.shutdown()
@@ -83,3 +87,24 @@ def run_simulation(
     import json
 
     return json.loads(summary_path.read_text())
+
+
+@contextlib.contextmanager
+def _workers_for_every_client(clients: int) -> Iterator[None]:
+    """Let Flower's simulation engine run `clients` ClientApps at once.
+
+    flwr 1.42's engine (`vce_api`) submits its per-actor workers to a `ThreadPoolExecutor()`
+    with the default size min(32, cores + 4): 6 on a 2-core machine, so only 6 virtual clients
+    run at a time even with one Ray actor per client. Sync body steps wait for every client, so
+    the 7th and later clients missed the step deadline and were dropped (measured: 10 of 16
+    dropped in every round). Within this block the engine's pool gets one thread per client.
+    """
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    original = vce_api.ThreadPoolExecutor
+    default = min(32, (os.cpu_count() or 1) + 4)
+    vce_api.ThreadPoolExecutor = functools.partial(original, max_workers=max(clients, default))
+    try:
+        yield
+    finally:
+        vce_api.ThreadPoolExecutor = original
