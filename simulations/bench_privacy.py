@@ -684,9 +684,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         summary = simulate(cfg, run)
         models[noise] = load_trained(cfg, run, summary["final"])
 
-    public_ds = phantom_dataset(args.public, 64, PUBLIC_SEED, site="public")
+    size = models[0.0].cfg.model.image_size
+    public_ds = phantom_dataset(args.public, size, PUBLIC_SEED, site="public")
     public = _images(public_ds)
-    victim = _images(phantom_dataset(args.victim, 64, args.seed, site="victim"))
+    victim = _images(phantom_dataset(args.victim, size, args.seed, site="victim"))
     with Progress(console=console) as progress:
         inv = inversion_rows(models, public, victim, args, progress)
     save_figure(victim, inv, args.figure)
