@@ -119,24 +119,25 @@ def tokens_as_sent(
 class TokenDecoder(nn.Module):
     """tokens `[B, N, D]` (grid order) -> image `[B, 1, H, W]`.
 
-    A per-token MLP paints each token's patch, then a small conv net smooths across patches;
-    both predict the difference from `mean_image` (the attacker's mean public image), so the
-    decoder starts at the "ignore the tokens" baseline and can only learn to beat it.
+    Each token is mapped to its patch by a linear map (fitted in closed form: ridge
+    regression, the best linear inversion) plus a per-token MLP; a small conv net then works
+    across patches. Everything predicts the difference from `mean_image` (the attacker's mean
+    public image) and the learned branches start at zero, so the decoder starts at the linear
+    inversion and training can only refine it.
     """
 
     def __init__(self, config: ModelConfig, hidden: int = 256, width: int = 16):
         super().__init__()
-        size = config.image_size
-        self.register_buffer("mean_image", torch.zeros(1, config.in_chans, size, size))
-        p = config.patch_size
+        p, c, size = config.patch_size, config.in_chans, config.image_size
         self.grid, self.patch = config.grid_size, p
-        self.to_patch = nn.Sequential(
+        self.register_buffer("mean_image", torch.zeros(1, c, size, size))
+        self.linear = nn.Linear(config.embed_dim, p * p * c)
+        self.mlp = nn.Sequential(
             nn.LayerNorm(config.embed_dim),
             nn.Linear(config.embed_dim, hidden),
             nn.GELU(),
-            nn.Linear(hidden, p * p * config.in_chans),
+            nn.Linear(hidden, p * p * c),
         )
-        c = config.in_chans
         self.refine = nn.Sequential(
             nn.Conv2d(c, width, 3, padding=1),
             nn.GELU(),
@@ -144,12 +145,36 @@ class TokenDecoder(nn.Module):
             nn.GELU(),
             nn.Conv2d(width, c, 3, padding=1),
         )
+        for last in (self.mlp[-1], self.refine[-1]):
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+
+    def patches(self, images: torch.Tensor) -> torch.Tensor:
+        """images `[B, C, H, W]` -> patches `[B, N, p*p*C]` in token order (inverse of unpatchify)."""
+        b, c, g, p = images.shape[0], images.shape[1], self.grid, self.patch
+        x = images.reshape(b, c, g, p, g, p).permute(0, 2, 4, 3, 5, 1)
+        return x.reshape(b, g * g, p * p * c)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        b, g, p = patches.shape[0], self.grid, self.patch
+        x = patches.reshape(b, g, g, p, p, -1).permute(0, 5, 1, 3, 2, 4)
+        return x.reshape(b, -1, g * p, g * p)
+
+    @torch.no_grad()
+    def fit_linear(self, tokens: torch.Tensor, images: torch.Tensor, ridge: float = 1e-3) -> None:
+        """Closed-form ridge regression token -> (patch - mean patch) on `[M,N,D]`, `[M,C,H,W]`."""
+        x = tokens.reshape(-1, tokens.shape[-1]).double()
+        y = self.patches(images - self.mean_image).reshape(x.shape[0], -1).double()
+        x_mean, y_mean = x.mean(0), y.mean(0)
+        xc = x - x_mean
+        gram = xc.T @ xc / len(x)
+        reg = ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+        w = torch.linalg.solve(gram + reg, xc.T @ (y - y_mean) / len(x))  # [D, P]
+        self.linear.weight.copy_(w.T.float())
+        self.linear.bias.copy_((y_mean - x_mean @ w).float())
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        b, g, p = tokens.shape[0], self.grid, self.patch
-        patches = self.to_patch(tokens)  # [B, N, p*p*C]
-        coarse = patches.reshape(b, g, g, p, p, -1).permute(0, 5, 1, 3, 2, 4)
-        coarse = coarse.reshape(b, -1, g * p, g * p)
+        coarse = self.unpatchify(self.linear(tokens) + self.mlp(tokens))
         return self.mean_image + coarse + self.refine(coarse)
 
 
@@ -163,22 +188,29 @@ def train_decoder(
     transform: TokenTransform | None = None,
     epochs: int = 12,
     batch_size: int = 64,
-    lr: float = 2e-3,
+    lr: float = 5e-4,
     seed: int = 0,
     progress: Progress | None = None,
     label: str = "decoder",
 ) -> TokenDecoder:
-    """Fit a `TokenDecoder` on public pairs (tokens `[M,N,D]`, images `[M,1,H,W]`) by MSE.
+    """Fit a `TokenDecoder` on public pairs (tokens `[M,N,D]`, images `[M,1,H,W]`): ridge
+    regression for the linear map, then `epochs` of MSE training of the MLP and conv branches.
 
-    `transform` is applied to each token batch on the fly (e.g. fresh noise every epoch).
+    `transform` is applied to the tokens the ridge sees and to each training batch on the fly
+    (e.g. fresh noise every epoch), so the attacker trains on tokens like the ones it attacks.
     """
     torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
     decoder = TokenDecoder(config)
     decoder.mean_image.copy_(images.mean(dim=0, keepdim=True))
-    opt = torch.optim.AdamW(decoder.parameters(), lr=lr, weight_decay=1e-4)
+    decoder.fit_linear(tokens if transform is None else transform(tokens, gen), images)
+    if epochs == 0:
+        return decoder.eval()
+    decoder.linear.requires_grad_(False)  # keep the closed-form inversion; learn what it misses
+    learned = [p for p in decoder.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(learned, lr=lr, weight_decay=1e-4)
     steps = epochs * ((len(tokens) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    gen = torch.Generator().manual_seed(seed)
     bar = progress.add_task(label, total=steps) if progress else None
     for _ in range(epochs):
         order = torch.randperm(len(tokens), generator=gen)
@@ -486,18 +518,28 @@ def inversion_rows(
             InversionRow(setting, trained_with, *image_scores(victim, recon), note, recon[:k])
         )
 
-    def sent(trained: Trained, **kw: Any) -> torch.Tensor:
-        return tokens_as_sent(trained.victim, trained.body, victim, seed=args.seed + 7, **kw)
+    def sent(trained: Trained, head: TaskModel | None = None, **kw: Any) -> torch.Tensor:
+        # Default: the head the server sent this round (the victim's evaluation tokens and
+        # its first training step are made with exactly these weights).
+        model = head or attacker_model(trained)
+        return tokens_as_sent(model, trained.body, victim, seed=args.seed + 7, **kw)
 
     public_tokens = tokens_as_sent(attacker_model(base), base.body, public)
     dec = train_decoder(
         mcfg, public_tokens, public, epochs=args.epochs, progress=progress, label="decoder fp32"
     )
     add("fp32 tokens", "noise 0", dec, sent(base))
+    add(
+        "fp32, victim head after its local round (drifted)",
+        "noise 0",
+        dec,
+        sent(base, head=base.victim),
+        "decoder fit to the sent head",
+    )
     shuffled = sent(base, permute=True)
     add("permute, naive decoder", "noise 0", dec, shuffled)
     clf = train_position_classifier(mcfg, public_tokens, epochs=args.position_epochs)
-    placed = position_accuracy(clf, shuffled, base.victim, victim)
+    placed = position_accuracy(clf, shuffled, attacker_model(base), victim)
     add(
         "permute, adaptive (positions recovered)",
         "noise 0",
@@ -653,7 +695,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--val-size", type=int, default=200)
     parser.add_argument("--public", type=int, default=1500, help="attacker's public images")
     parser.add_argument("--victim", type=int, default=200, help="victim images scored")
-    parser.add_argument("--epochs", type=int, default=10, help="decoder epochs")
+    parser.add_argument("--epochs", type=int, default=4, help="decoder epochs")
     parser.add_argument("--position-epochs", type=int, default=6)
     parser.add_argument("--skew-sites", type=int, default=6)
     parser.add_argument("--calibration-sites", type=int, default=16)
@@ -733,7 +775,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"batch {cfg0.optim.batch_size}, seed {cfg0.seed}; token noise std is relative to the batch's token RMS. "
         f"Attacker: the server's FedAvg'd classification head; decoder (per-token MLP + 3 conv layers) trained "
         f"{args.epochs} epochs on {args.public} public phantoms (seed {PUBLIC_SEED}); scored on {args.victim} "
-        f"victim phantoms (seed {cfg0.seed}) encoded by the victim client's own head ({models[0.0].victim_site}'s last reply). "
+        f"victim phantoms (seed {cfg0.seed}) encoded by the head the server sent in the last round "
+        f"(exactly the weights of every evaluation batch and of each round's first training step); "
+        f"the 'drifted' row uses {models[0.0].victim_site}'s own head after its local round instead. "
         f"Figure: `docs/privacy.png`. Wall time {time.perf_counter() - started:.0f} s."
     )
     if args.no_publish:

@@ -59,7 +59,7 @@ def test_attack_pipeline_runs_end_to_end(tmp_path):
     public, victim = _images(public_ds), _images(phantom_dataset(8, 32, seed=0))
     with Progress(disable=True) as progress:
         rows = inversion_rows(models, public, victim, args, progress)
-    assert len(rows) == 6  # mean, fp32, permute naive/adaptive, int8, one noise level
+    assert len(rows) == 7  # mean, fp32, drifted, permute naive/adaptive, int8, one noise level
     for row in rows:
         assert np.isfinite(row.psnr) and np.isfinite(row.ssim) and -1 <= row.ssim <= 1
         assert row.recon.shape == (3, 1, 32, 32)
