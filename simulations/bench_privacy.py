@@ -681,6 +681,16 @@ def save_figure(victim: torch.Tensor, rows: Sequence[InversionRow], path: Path) 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)
+    _to_grayscale(path)
+
+
+def _to_grayscale(path: Path) -> None:
+    """Rewrite a PNG as 8-bit grayscale (a third of the size; the figure is committed)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        gray = img.convert("L")
+    gray.save(path, optimize=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -773,12 +783,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"Federations: `festa simulate`, tiny preset, 64 px phantoms, {cfg0.clients} clients "
         f"(classification + segmentation, IID), {cfg0.rounds} rounds x {cfg0.local_steps} local steps, "
         f"batch {cfg0.optim.batch_size}, seed {cfg0.seed}; token noise std is relative to the batch's token RMS. "
-        f"Attacker: the server's FedAvg'd classification head; decoder (per-token MLP + 3 conv layers) trained "
+        f"Attacker: the server's FedAvg'd classification head; decoder (closed-form ridge token->patch map, then a per-token MLP + 3 conv layers) trained "
         f"{args.epochs} epochs on {args.public} public phantoms (seed {PUBLIC_SEED}); scored on {args.victim} "
         f"victim phantoms (seed {cfg0.seed}) encoded by the head the server sent in the last round "
         f"(exactly the weights of every evaluation batch and of each round's first training step); "
         f"the 'drifted' row uses {models[0.0].victim_site}'s own head after its local round instead. "
-        f"Figure: `docs/privacy.png`. Wall time {time.perf_counter() - started:.0f} s."
+        f"Figure: `docs/privacy.png`. Wall time {time.perf_counter() - started:.0f} s "
+        f"(federations already finished in --work are reused, not rerun)."
     )
     if args.no_publish:
         for title, cols, rows in (
