@@ -12,6 +12,7 @@ from client.site_data import SiteData
 from shared.config import FederationConfig
 from shared.model.permutation import TokenPermutation
 from shared.model.split import BodyLink, split_train_step
+from shared.model.token_noise import with_token_noise
 from shared.train.task_model import TaskModel, cycle_batches, evaluate, make_loader, to_device
 
 
@@ -22,6 +23,15 @@ class SimulatedFault(RuntimeError):
 def round_seed(seed: int, round_number: int, site_id: str) -> int:
     """A seed unique to (run seed, round, site), stable across processes and restarts."""
     return int(np.random.SeedSequence([seed, round_number, *site_id.encode()]).generate_state(1)[0])
+
+
+def noise_seed(
+    cfg: FederationConfig, round_number: int, site_id: str, evaluation: bool = False
+) -> int:
+    """Seed of the token-noise stream of (run, round, site), apart from the shuffle's stream."""
+    return round_seed(
+        cfg.seed, round_number, f"{site_id}/token-noise{'/eval' if evaluation else ''}"
+    )
 
 
 def train_round(
@@ -41,6 +51,7 @@ def train_round(
         model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
     )
     perm_gen = torch.Generator().manual_seed(seed)
+    link = with_token_noise(link, cfg.token_noise, noise_seed(cfg, round_number, site.site_id))
     model.train(True)
     losses: list[float] = []
     examples = 0
@@ -78,6 +89,9 @@ def evaluate_site(
         return {"num-examples": 0}
     loader = make_loader(site.val, site.val_indices, 2 * cfg.optim.batch_size, False, 0)
     gen = torch.Generator().manual_seed(round_seed(cfg.seed, round_number, site.site_id) + 1)
+    link = with_token_noise(
+        link, cfg.token_noise, noise_seed(cfg, round_number, site.site_id, evaluation=True)
+    )
 
     def body(tokens: torch.Tensor) -> torch.Tensor:
         if not cfg.permute:

@@ -192,6 +192,11 @@ class FederationConfig(FestaModel):
     local_steps: int = Field(15, ge=1, description="batches each client trains per round")
     wire: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
     permute: bool = False
+    token_noise: float = Field(
+        0.0,
+        ge=0,
+        description="client-side Gaussian noise on sent tokens, std relative to the batch's token RMS",
+    )
     mode: Literal["sync", "async"] = "sync"
     step_deadline_s: float = Field(
         60.0, gt=0, description="sync mode: wait this long for a client's step"

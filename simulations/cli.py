@@ -33,6 +33,10 @@ def simulate(
     permute: Annotated[
         bool | None, typer.Option("--permute/--no-permute", help="p-FeSTA token shuffling")
     ] = None,
+    token_noise: Annotated[
+        float | None,
+        typer.Option(help="Gaussian noise on sent tokens, std relative to their RMS (0: off)"),
+    ] = None,
     mode: Annotated[str | None, typer.Option(help="sync | async body steps")] = None,
     degrade: Annotated[
         str | None, typer.Option(help="none | site: odd-numbered sites get a degraded scanner")
@@ -70,6 +74,7 @@ def simulate(
                 local_steps=local_steps,
                 wire=wire,
                 permute=permute,
+                token_noise=token_noise,
                 mode=mode,
                 degrade=degrade,
                 restore=restore,
