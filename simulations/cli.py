@@ -34,6 +34,10 @@ def simulate(
         bool | None, typer.Option("--permute/--no-permute", help="p-FeSTA token shuffling")
     ] = None,
     mode: Annotated[str | None, typer.Option(help="sync | async body steps")] = None,
+    pipeline_depth: Annotated[
+        int | None,
+        typer.Option(help="micro-batches in flight per client (K > 1 needs --mode async)"),
+    ] = None,
     degrade: Annotated[
         str | None, typer.Option(help="none | site: odd-numbered sites get a degraded scanner")
     ] = None,
@@ -71,6 +75,7 @@ def simulate(
                 wire=wire,
                 permute=permute,
                 mode=mode,
+                pipeline_depth=pipeline_depth,
                 degrade=degrade,
                 restore=restore,
                 restore_nfe=restore_nfe,
