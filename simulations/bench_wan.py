@@ -1,6 +1,6 @@
 """Round time over emulated WAN links (issue 8), with and without pipelined micro-batches.
 
-    python -m simulations.bench_wan            # ~10 min on 2 shared cores
+    python -m simulations.bench_wan            # ~12 min on 2 loaded cores
 
 A real body service runs in this process; every site reaches it through its own user-space WAN
 link (`simulations.netem`, one proxy subprocess per site: RTT 20 or 80 ms, 100 Mbit/s each
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate-mbit", type=float, default=100.0)
     parser.add_argument("--depths", default="2,4,8", help="pipeline depths K > 1 (async)")
     parser.add_argument("--wires", default="fp32,int8")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=4, help="rounds for the accuracy effect")
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="print only")
