@@ -8,6 +8,11 @@ One link = one stream = one node's session in one round. Use it as a context man
 Each call sends one message and waits for its reply, so forward/backward alternate exactly as
 `split_train_step` calls them. Any refusal or failure raises `BodyServiceError` with the gRPC
 status code and the server's reason.
+
+The same link is also a `PipelinedBodyLink` (`shared.model.pipeline`): `send_forward` /
+`send_backward` return at once and `receive` takes the next reply, so that
+`split_train_pipelined` keeps up to `pipeline_depth` micro-batches in flight (async rounds
+opened with that depth; `welcome.pipeline_depth` says what the round allows).
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ class RemoteBodyLink:
         self._call: Any = None
         self._limits: TokenLimits | None = None
         self._step = 0
+        self._device = torch.device("cpu")  # where pipelined replies go (the last forward's)
 
     # ---- stream lifecycle ------------------------------------------------------------------
 
@@ -149,6 +155,32 @@ class RemoteBodyLink:
         reply = self._exchange(body_pb2.ClientMessage(evaluate=message))
         return self._tensor(reply, "output", tokens.device)
 
+    # ---- PipelinedBodyLink -----------------------------------------------------------------
+
+    @property
+    def pipeline_depth(self) -> int:
+        """Micro-batches the open round lets this client keep in flight (1 before `open`)."""
+        return max(1, self.welcome.pipeline_depth) if self.welcome is not None else 1
+
+    def send_forward(self, step: int, tokens: torch.Tensor) -> None:
+        """Queue the Forward of `step` (tokens `[B, N, D]`) without waiting for its reply."""
+        self._device = tokens.device
+        message = body_pb2.Forward(step=step, tokens=self._encode(tokens))
+        self._send(body_pb2.ClientMessage(forward=message))
+
+    def send_backward(self, step: int, grad_output: torch.Tensor) -> None:
+        """Queue the Backward of `step` (grad w.r.t. its body output `[B, N, D]`)."""
+        message = body_pb2.Backward(step=step, grad_output=self._encode(grad_output))
+        self._send(body_pb2.ClientMessage(backward=message))
+
+    def receive(self) -> tuple[str, int, torch.Tensor]:
+        """The next reply: ("output" | "grad_tokens", its step, tensor `[B, N, D]`)."""
+        reply = self._receive()
+        kind = reply.WhichOneof("kind")
+        if kind not in ("output", "grad_tokens"):
+            raise BodyServiceError(None, f"expected output or grad_tokens, got {kind}")
+        return kind, reply.step, self._tensor(reply, kind, self._device)
+
     # ---- plumbing --------------------------------------------------------------------------
 
     def _requests(self) -> Iterator[body_pb2.ClientMessage]:
@@ -159,10 +191,18 @@ class RemoteBodyLink:
         return to_proto(encode(tensor, self.wire_dtype))
 
     def _exchange(self, message: body_pb2.ClientMessage) -> body_pb2.ServerMessage:
+        self._send(message)
+        return self._receive()
+
+    def _send(self, message: body_pb2.ClientMessage) -> None:
         if self._call is None:
             raise BodyServiceError(None, "the link is not open (use it as a context manager)")
         self.bytes_sent += message.ByteSize()
         self._outbox.put(message)
+
+    def _receive(self) -> body_pb2.ServerMessage:
+        if self._call is None:
+            raise BodyServiceError(None, "the link is not open (use it as a context manager)")
         try:
             reply = next(self._call)
         except grpc.RpcError as exc:

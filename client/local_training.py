@@ -11,6 +11,7 @@ import torch
 from client.site_data import SiteData
 from shared.config import FederationConfig
 from shared.model.permutation import TokenPermutation
+from shared.model.pipeline import PipelinedBodyLink, split_train_pipelined
 from shared.model.split import BodyLink, split_train_step
 from shared.model.token_noise import with_token_noise
 from shared.train.task_model import TaskModel, cycle_batches, evaluate, make_loader, to_device
@@ -41,15 +42,16 @@ def train_round(
     link: BodyLink,
     round_number: int,
 ) -> dict[str, Any]:
-    """`cfg.local_steps` split steps of `model` on the site's data; returns the reply metrics."""
+    """`cfg.local_steps` split steps of `model` on the site's data; returns the reply metrics.
+
+    With `cfg.pipeline_depth` K > 1 the link must also be a `PipelinedBodyLink` and the steps
+    run with K micro-batches in flight (`shared.model.pipeline`).
+    """
     if len(site.train_indices) == 0:
         raise ValueError(f"site {site.site_id} has no training samples for task {site.task}")
     seed = round_seed(cfg.seed, round_number, site.site_id)
     torch.manual_seed(seed)
     loader = make_loader(site.train, site.train_indices, cfg.optim.batch_size, True, seed)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
-    )
     perm_gen = torch.Generator().manual_seed(seed)
     link = with_token_noise(link, cfg.token_noise, noise_seed(cfg, round_number, site.site_id))
     model.train(True)
@@ -57,19 +59,40 @@ def train_round(
     examples = 0
     started = time.perf_counter()
     fault = cfg.fault
-    for step, batch in enumerate(cycle_batches(loader, cfg.local_steps)):
-        if fault.site == site.site_id and fault.round == round_number and step == fault.after_steps:
-            raise SimulatedFault(
-                f"{site.site_id} failed on purpose in round {round_number} at step {step}"
-            )
-        batch = to_device(batch, cfg.device)
-        optimizer.zero_grad(set_to_none=True)
-        result = split_train_step(
-            model.head, model.tail, model.task.loss, batch, link, perm_gen, permute=cfg.permute
+
+    def batches():
+        for step, batch in enumerate(cycle_batches(loader, cfg.local_steps)):
+            if (fault.site, fault.round, fault.after_steps) == (site.site_id, round_number, step):
+                raise SimulatedFault(
+                    f"{site.site_id} failed on purpose in round {round_number} at step {step}"
+                )
+            yield to_device(batch, cfg.device)
+
+    if cfg.pipeline_depth > 1:
+        results = split_train_pipelined(
+            model.head,
+            model.tail,
+            model.task.loss,
+            batches(),
+            _pipelined(link),
+            depth=cfg.pipeline_depth,
+            head_optimizer=_adamw(cfg, model.head.parameters()),
+            tail_optimizer=_adamw(cfg, model.tail.parameters()),
+            permutation_generator=perm_gen,
+            permute=cfg.permute,
         )
-        optimizer.step()
-        losses.append(result.loss)
-        examples += result.num_examples
+        losses = [r.loss for r in results]
+        examples = sum(r.num_examples for r in results)
+    else:
+        optimizer = _adamw(cfg, model.parameters())
+        for batch in batches():
+            optimizer.zero_grad(set_to_none=True)
+            result = split_train_step(
+                model.head, model.tail, model.task.loss, batch, link, perm_gen, permute=cfg.permute
+            )
+            optimizer.step()
+            losses.append(result.loss)
+            examples += result.num_examples
     return {
         # FedAvg weighs a client by its dataset size, not by how often it looped over it.
         "num-examples": int(len(site.train_indices)),
@@ -79,6 +102,18 @@ def train_round(
         "steps": cfg.local_steps,
         "seconds": time.perf_counter() - started,
     }
+
+
+def _adamw(cfg: FederationConfig, params: Any) -> torch.optim.AdamW:
+    return torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+
+
+def _pipelined(link: BodyLink) -> PipelinedBodyLink:
+    if not all(hasattr(link, m) for m in ("send_forward", "send_backward", "receive")):
+        raise TypeError(
+            f"pipeline_depth > 1 needs a pipelined body link, got {type(link).__name__}"
+        )
+    return link  # type: ignore[return-value]
 
 
 def evaluate_site(

@@ -258,6 +258,7 @@ class Federation:
             train_body=train_body,
             mode=cfg.mode,
             step_deadline_s=cfg.step_deadline_s,
+            pipeline_depth=cfg.pipeline_depth,
         )
         self.reply_states = {}
         train_msgs = [

@@ -197,6 +197,13 @@ class FederationConfig(FestaModel):
         ge=0,
         description="client-side Gaussian noise on sent tokens, std relative to the batch's token RMS",
     )
+    pipeline_depth: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="micro-batches each client keeps in flight to hide WAN latency (K > 1: "
+        "async mode only, bounded staleness K-1; see shared/model/pipeline.py)",
+    )
     mode: Literal["sync", "async"] = "sync"
     step_deadline_s: float = Field(
         60.0, gt=0, description="sync mode: wait this long for a client's step"
@@ -232,4 +239,9 @@ class FederationConfig(FestaModel):
     def _check(self) -> FederationConfig:
         if self.clients < len(self.tasks):
             raise ValueError(f"{self.clients} clients cannot cover {len(self.tasks)} tasks")
+        if self.pipeline_depth > 1 and self.mode != "async":
+            raise ValueError(
+                f"pipeline_depth {self.pipeline_depth} needs mode = 'async' "
+                "(the sync barrier does not pipeline)"
+            )
         return self

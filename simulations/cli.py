@@ -38,6 +38,10 @@ def simulate(
         typer.Option(help="Gaussian noise on sent tokens, std relative to their RMS (0: off)"),
     ] = None,
     mode: Annotated[str | None, typer.Option(help="sync | async body steps")] = None,
+    pipeline_depth: Annotated[
+        int | None,
+        typer.Option(help="micro-batches in flight per client (K > 1 needs --mode async)"),
+    ] = None,
     degrade: Annotated[
         str | None, typer.Option(help="none | site: odd-numbered sites get a degraded scanner")
     ] = None,
@@ -76,6 +80,7 @@ def simulate(
                 permute=permute,
                 token_noise=token_noise,
                 mode=mode,
+                pipeline_depth=pipeline_depth,
                 degrade=degrade,
                 restore=restore,
                 restore_nfe=restore_nfe,

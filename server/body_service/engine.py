@@ -59,10 +59,29 @@ class BodyEngine:
     def forward(self, tokens: torch.Tensor) -> tuple[ForwardState, torch.Tensor]:
         """tokens `[B, N, D]` -> (state for backward, body output `[B, N, D]` float32 CPU)."""
         with self._guard():
-            inputs = tokens.to(self.device).requires_grad_(True)
-            with self._autocast():
-                outputs = self.body(inputs)
-            return ForwardState(inputs, outputs), outputs.detach().float().cpu()
+            state = self._forward_state(tokens)
+            return state, state.outputs.detach().float().cpu()
+
+    def forward_detached(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens `[B, N, D]` -> body output `[B, N, D]` (train mode, no autograd state kept).
+
+        The pipelined path: the step's backward recomputes this forward (`recompute_backward`).
+        """
+        with self._guard(), torch.no_grad(), self._autocast():
+            return self.body(tokens.to(self.device)).float().cpu()
+
+    def recompute_backward(
+        self, tokens: torch.Tensor, grad_output: torch.Tensor, optimizer_step: bool
+    ) -> torch.Tensor:
+        """Forward `tokens` again with the CURRENT weights, backward `grad_output` through it
+        and (if asked) one AdamW step, atomically; returns the grad w.r.t. `tokens` `[B, N, D]`.
+
+        Between a pipelined step's forward and its backward other steps may have changed the
+        weights in place (which autograd forbids on a kept graph), hence the recomputation.
+        """
+        with self._guard():
+            state = self._forward_state(tokens)
+            return self._backward_locked([state], [grad_output], optimizer_step)[0]
 
     def backward(
         self,
@@ -77,19 +96,31 @@ class BodyEngine:
         their parameter gradients before the single optimizer step.
         """
         with self._guard():
-            outputs = [state.outputs for state in states]
-            grads = [
-                g.to(self.device, out.dtype) for g, out in zip(grad_outputs, outputs, strict=True)
-            ]
-            torch.autograd.backward(outputs, grads)
-            grad_tokens = []
-            for state in states:
-                assert state.inputs.grad is not None
-                grad_tokens.append(state.inputs.grad.detach().float().cpu())
-            if optimizer_step:
-                self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            return grad_tokens
+            return self._backward_locked(states, grad_outputs, optimizer_step)
+
+    def _forward_state(self, tokens: torch.Tensor) -> ForwardState:
+        inputs = tokens.to(self.device).requires_grad_(True)
+        with self._autocast():
+            outputs = self.body(inputs)
+        return ForwardState(inputs, outputs)
+
+    def _backward_locked(
+        self,
+        states: Sequence[ForwardState],
+        grad_outputs: Sequence[torch.Tensor],
+        optimizer_step: bool,
+    ) -> list[torch.Tensor]:
+        outputs = [state.outputs for state in states]
+        grads = [g.to(self.device, out.dtype) for g, out in zip(grad_outputs, outputs, strict=True)]
+        torch.autograd.backward(outputs, grads)
+        grad_tokens = []
+        for state in states:
+            assert state.inputs.grad is not None
+            grad_tokens.append(state.inputs.grad.detach().float().cpu())
+        if optimizer_step:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_tokens
 
     def evaluate(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens `[B, N, D]` -> body output, without autograd state."""

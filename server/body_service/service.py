@@ -15,6 +15,17 @@ each node a session token (`tokens.issue_token`) inside its Flower `train` messa
   slice of a step's backward gets a zero gradient.
 - **async**: each client's forward+backward is applied on arrival; a lock held from a client's
   forward to its backward serializes them, so autograd never sees parameters changed in place.
+- **pipelined async** (`pipeline_depth` K > 1): a client may send up to K Forwards ahead of
+  their Backwards, to hide the network's round trip. No lock spans a step: a Forward is
+  answered at once from the current weights without keeping a graph (its tokens are kept), and
+  its Backward RECOMPUTES the forward with the weights current then, backpropagates the
+  client's gradient and takes the AdamW step, atomically. The body output a client's tail saw
+  is thus up to K-1 of its own steps (plus other clients' steps in between) older than the
+  weights its gradient is applied to: bounded staleness. K = 1 is the async mode above,
+  unchanged. Sync mode refuses K > 1: its barrier runs one (step, phase) at a time for all
+  clients, and with K Forwards in flight per client it would need an end-of-forwards signal
+  per client and a fixed cross-client order of forwards and backwards to stay deterministic;
+  not built (see docs/WAN.md).
 
 Refusals end the offending stream with a gRPC status and a reason, are logged, and never touch
 the body or other clients' streams: UNAUTHENTICATED (token), INVALID_ARGUMENT (malformed
@@ -101,6 +112,9 @@ class _Client:
     bytes_out: int = 0
     forward_state: ForwardState | None = None  # async mode, between forward and backward
     forward_deadline: float = 0.0  # async mode: the backward must arrive before this
+    # pipelined async mode: step -> (tokens kept for the recomputation, backward deadline)
+    in_flight: dict[int, tuple[torch.Tensor, float]] = field(default_factory=dict)
+    next_backward: int = 0
 
 
 @dataclass
@@ -130,6 +144,7 @@ class _Round:
     train_body: bool
     mode: Mode
     step_deadline_s: float
+    pipeline_depth: int = 1
     opened: float = field(default_factory=time.monotonic)
     cond: threading.Condition = field(default_factory=threading.Condition)
     train_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -250,11 +265,13 @@ class BodyService:
         train_body: bool,
         mode: Mode = "sync",
         step_deadline_s: float = 60.0,
+        pipeline_depth: int = 1,
     ) -> None:
         """Accept streams from `participants` (node_id -> task) holding tokens for `round_id`.
 
         Sync steps concatenate the clients' tokens in `participants` order: pass a stable order
-        (e.g. by site) for runs that reproduce bit for bit.
+        (e.g. by site) for runs that reproduce bit for bit. `pipeline_depth` K > 1 lets each
+        client keep K micro-batches in flight (async mode only; see the module docstring).
         """
         if self._round is not None and not self._round.closed:
             raise RuntimeError(f"round {self._round.round_id} is still open; close it first")
@@ -262,9 +279,16 @@ class BodyService:
             raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
         if step_deadline_s <= 0:
             raise ValueError(f"step_deadline_s must be positive, got {step_deadline_s}")
+        if pipeline_depth < 1:
+            raise ValueError(f"pipeline_depth must be >= 1, got {pipeline_depth}")
+        if pipeline_depth > 1 and mode != "async":
+            raise ValueError(
+                f"pipeline_depth {pipeline_depth} needs mode='async': the sync barrier runs one "
+                "step for all clients at a time and does not pipeline"
+            )
         self.engine.set_trainable(train_body)
         clients = {str(n): _Client(str(n), str(t)) for n, t in participants.items()}
-        rnd = _Round(round_id, clients, train_body, mode, step_deadline_s)
+        rnd = _Round(round_id, clients, train_body, mode, step_deadline_s, pipeline_depth)
         self._round = rnd
         if mode == "sync":
             self._coordinator = threading.Thread(
@@ -274,11 +298,12 @@ class BodyService:
             )
             self._coordinator.start()
         log.info(
-            "round %d open: %d participants, %s, train_body=%s",
+            "round %d open: %d participants, %s, train_body=%s, pipeline depth %d",
             round_id,
             len(clients),
             mode,
             train_body,
+            pipeline_depth,
         )
 
     def close_round(self) -> RoundReport:
@@ -409,6 +434,15 @@ class BodyService:
                     f"{client.next_step} (async mode holds the body for it)",
                 ),
             )
+        if client.in_flight:
+            step = min(client.in_flight)
+            deadline = min(
+                deadline,
+                (
+                    client.in_flight[step][1],
+                    f"no backward within {rnd.step_deadline_s:g} s of the forward of step {step}",
+                ),
+            )
         return deadline
 
     def _admit(
@@ -465,6 +499,7 @@ class BodyService:
                 max_tokens=self.limits.max_tokens,
                 max_batch=self.limits.max_batch,
                 max_message_bytes=self.limits.max_bytes,
+                pipeline_depth=rnd.pipeline_depth,
             ),
         )
 
@@ -491,12 +526,14 @@ class BodyService:
             with rnd.cond:
                 rnd.tokens_processed += tokens.shape[0] * tokens.shape[1]
             return _tensor_reply(-1, "output", output, dtype)
+        if kind not in ("forward", "backward"):
+            raise _Refusal(Code.INVALID_ARGUMENT, f"unexpected message {kind!r} after Hello")
+        if rnd.pipeline_depth > 1:
+            return self._pipelined_step(rnd, client, message)
         if kind == "forward":
             body, field_name = message.forward, "tokens"
-        elif kind == "backward":
-            body, field_name = message.backward, "grad_output"
         else:
-            raise _Refusal(Code.INVALID_ARGUMENT, f"unexpected message {kind!r} after Hello")
+            body, field_name = message.backward, "grad_output"
         if client.expect != kind:
             raise _Refusal(
                 Code.FAILED_PRECONDITION,
@@ -552,6 +589,57 @@ class BodyService:
             rnd.steps += 1
         return _tensor_reply(client.next_step, "grad_tokens", grad_tokens, dtype)
 
+    def _pipelined_step(self, rnd: _Round, client: _Client, message: Any) -> body_pb2.ServerMessage:
+        """Pipelined async: a Forward is answered without a graph and its tokens kept; a
+        Backward recomputes that forward with the current weights, backpropagates, steps."""
+        kind = message.WhichOneof("kind")
+        if kind == "forward":
+            step = message.forward.step
+            if step != client.next_step:
+                raise _Refusal(
+                    Code.FAILED_PRECONDITION,
+                    f"got forward for step {step}, expected {client.next_step}",
+                )
+            if len(client.in_flight) >= rnd.pipeline_depth:
+                raise _Refusal(
+                    Code.FAILED_PRECONDITION,
+                    f"forward of step {step} would put more than {rnd.pipeline_depth} "
+                    "micro-batches in flight",
+                )
+            if not message.forward.HasField("tokens"):
+                raise _Refusal(Code.INVALID_ARGUMENT, "forward without tokens")
+            tokens, dtype = self._decode(message.forward.tokens, "forward tokens")
+            output = self._compute(self.engine.forward_detached, tokens)
+            client.in_flight[step] = (tokens, time.monotonic() + rnd.step_deadline_s)
+            client.next_step += 1
+            with rnd.cond:
+                rnd.tokens_processed += tokens.shape[0] * tokens.shape[1]
+            return _tensor_reply(step, "output", output, dtype)
+        step = message.backward.step
+        if step != client.next_backward or step not in client.in_flight:
+            raise _Refusal(
+                Code.FAILED_PRECONDITION,
+                f"got backward for step {step}, expected the backward of step "
+                f"{client.next_backward}" + ("" if client.in_flight else " after its forward"),
+            )
+        if not message.backward.HasField("grad_output"):
+            raise _Refusal(Code.INVALID_ARGUMENT, "backward without grad_output")
+        grad, dtype = self._decode(message.backward.grad_output, "backward grad_output")
+        tokens = client.in_flight[step][0]
+        if grad.shape != tokens.shape:
+            raise _Refusal(
+                Code.INVALID_ARGUMENT,
+                f"grad_output shape {list(grad.shape)} does not match the forward's "
+                f"{list(tokens.shape)}",
+            )
+        grad_tokens = self._compute(self.engine.recompute_backward, tokens, grad, rnd.train_body)
+        del client.in_flight[step]
+        client.next_backward += 1
+        with rnd.cond:
+            rnd.steps += 1
+            rnd.tokens_processed += tokens.shape[0] * tokens.shape[1]
+        return _tensor_reply(step, "grad_tokens", grad_tokens, dtype)
+
     def _compute(self, fn: Any, *args: Any) -> Any:
         try:
             return fn(*args)
@@ -562,6 +650,8 @@ class BodyService:
             raise _Refusal(Code.INTERNAL, f"body computation failed: {exc}") from None
 
     def _note_reply(self, rnd: _Round, client: _Client, reply: body_pb2.ServerMessage) -> None:
+        if rnd.pipeline_depth > 1:  # _pipelined_step keeps its own books
+            return
         kind = reply.WhichOneof("kind")
         if kind == "output" and reply.step >= 0:
             client.expect = "backward"
@@ -571,6 +661,11 @@ class BodyService:
 
     def _finish(self, rnd: _Round, client: _Client) -> None:
         """Done: the client leaves the round between steps; sync steps stop waiting for it."""
+        if client.in_flight:
+            raise _Refusal(
+                Code.FAILED_PRECONDITION,
+                f"Done with steps {sorted(client.in_flight)} still in flight",
+            )
         if client.expect != "forward":
             raise _Refusal(
                 Code.FAILED_PRECONDITION,
@@ -586,6 +681,7 @@ class BodyService:
         if client.forward_state is not None:  # async: never leave the train lock held
             client.forward_state = None
             rnd.train_lock.release()
+        client.in_flight.clear()  # pipelined: the kept tokens only; the body is untouched
         with rnd.cond:
             if client.state == "live":
                 rnd.drop(

@@ -65,7 +65,7 @@ class ClientMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., forward: _Optional[_Union[Forward, _Mapping]] = ..., backward: _Optional[_Union[Backward, _Mapping]] = ..., evaluate: _Optional[_Union[Evaluate, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("round", "node_id", "task", "mode", "train_body", "embed_dim", "max_tokens", "max_batch", "max_message_bytes")
+    __slots__ = ("round", "node_id", "task", "mode", "train_body", "embed_dim", "max_tokens", "max_batch", "max_message_bytes", "pipeline_depth")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +75,7 @@ class Welcome(_message.Message):
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     round: int
     node_id: str
     task: str
@@ -84,7 +85,8 @@ class Welcome(_message.Message):
     max_tokens: int
     max_batch: int
     max_message_bytes: int
-    def __init__(self, round: _Optional[int] = ..., node_id: _Optional[str] = ..., task: _Optional[str] = ..., mode: _Optional[str] = ..., train_body: _Optional[bool] = ..., embed_dim: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    pipeline_depth: int
+    def __init__(self, round: _Optional[int] = ..., node_id: _Optional[str] = ..., task: _Optional[str] = ..., mode: _Optional[str] = ..., train_body: _Optional[bool] = ..., embed_dim: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., pipeline_depth: _Optional[int] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
     __slots__ = ("welcome", "output", "grad_tokens", "step")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -105,3 +107,15 @@ def run_concurrently(*fns: Callable[[], Any], timeout_s: float = 60.0) -> list[A
     if errors:
         raise errors[0]
     return results
+
+
+def start_client_process(
+    script: str, target: str, node: str, round_id: int = 1
+) -> subprocess.Popen:
+    """Run `script` (argv: target, session token) as a separate client process; stdout piped."""
+    return subprocess.Popen(
+        [sys.executable, "-c", script, target, token(round_id, node)],
+        cwd=REPO_ROOT_FOR_SUBPROCESS,
+        stdout=subprocess.PIPE,
+        text=True,
+    )

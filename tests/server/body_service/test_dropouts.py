@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 import time
 
@@ -13,7 +11,7 @@ import torch
 
 from client.body_client import BodyServiceError, RemoteBodyLink
 
-from .conftest import REPO_ROOT_FOR_SUBPROCESS, run_concurrently, token
+from .conftest import run_concurrently, start_client_process, token
 
 STEPS = 3
 
@@ -48,12 +46,7 @@ def test_a_client_process_killed_mid_round_is_dropped_and_the_others_finish(star
     nodes = {"site-a": "cls", "site-b": "cls", "ghost": "cls"}
     # A long deadline: the ghost must be noticed by its broken stream, not by the clock.
     service.open_round(1, nodes, train_body=True, step_deadline_s=60)
-    ghost = subprocess.Popen(
-        [sys.executable, "-c", GHOST, target, token(1, "ghost")],
-        cwd=REPO_ROOT_FOR_SUBPROCESS,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    ghost = start_client_process(GHOST, target, "ghost")
     try:
 
         def kill_ghost_after_step_0() -> None:

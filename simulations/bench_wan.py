@@ -1,0 +1,454 @@
+"""Round time over emulated WAN links (issue 8), with and without pipelined micro-batches.
+
+    python -m simulations.bench_wan            # ~14 min on 2 loaded cores; add --depths 2,4,8 for K=2 too
+
+A real body service runs in this process; every site reaches it through its own user-space WAN
+link (`simulations.netem`, one proxy subprocess per site: RTT 20 or 80 ms, 100 Mbit/s each
+way), or directly over loopback. Each site is a thread running the real client path:
+`client.local_training.train_round` with a `RemoteBodyLink` over that link (tiny preset,
+64 px phantoms, 3 sites = 3 tasks, 15 local steps of batch 16, torch single-threaded).
+
+What is timed ("round s"): the split-training part of one round, from the moment every site
+thread is released (models built, data loaded) until the last site has finished its 15 steps
+and closed its stream; it includes connecting over the link (TCP + HTTP/2 + Hello). Flower's
+own messages (one per site per round) are not included. Each configuration is measured
+`--repeats` times, interleaved with the others so that load from other processes hits all of
+them alike; the table shows the median. The body is reset to the same weights before every
+measured round, and every site trains on the same batches in every configuration.
+
+Accuracy effect: the same 3 sites train for `--rounds` rounds in process over loopback (body
+trains every round, heads/tails averaged per task after each) with each schedule, and the
+validation primary metric of every task (`shared.tasks.primary_metric`) is reported. The
+network does not change the numbers a schedule computes (async interleaving aside), only its
+time, so accuracy is measured without the proxies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from client.body_client import RemoteBodyLink
+from client.local_training import evaluate_site, train_round
+from client.site_data import SiteData, simulated_site
+from server.body_service import BodyService, issue_token
+from shared.config import DataConfig, FederationConfig, OptimConfig, model_preset
+from shared.fedavg import fedavg
+from shared.model.body import Body
+from shared.tasks import primary_metric
+from shared.train.task_model import TaskModel
+from simulations.report import machine_line, publish
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET = b"bench-wan-secret"
+RUN_ID = "bench-wan"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    mode: str
+    depth: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.mode} K={self.depth}"
+
+
+@dataclass
+class Measured:
+    seconds: float
+    bytes_up: int  # per site, mean (client -> server)
+    bytes_down: int
+
+
+@contextmanager
+def wan_proxy(target_port: int, rtt_ms: float, rate_mbit: float) -> Iterator[str]:
+    """One `python -m simulations.netem` subprocess in front of the body service; yields the
+    address a site dials."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simulations.netem", "--listen", "127.0.0.1:0"]
+        + ["--target", f"127.0.0.1:{target_port}", "--rtt-ms", str(rtt_ms)]
+        + ["--rate-mbit", str(rate_mbit)],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        match = re.search(r"netem 127\.0\.0\.1:(\d+)", line)
+        if match is None:
+            raise RuntimeError(f"netem did not start: {line}{proc.stderr.read()}")
+        yield f"127.0.0.1:{match.group(1)}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+class Bench:
+    """A body service, the sites and their initial weights; one measured round per call."""
+
+    def __init__(self, cfg: FederationConfig, stack: ExitStack):
+        self.cfg = cfg
+        self.sites: list[SiteData] = [simulated_site(cfg, i) for i in range(cfg.clients)]
+        torch.manual_seed(cfg.seed)
+        self.body_init = Body(cfg.model)
+        self.service = stack.enter_context(
+            BodyService(
+                copy.deepcopy(self.body_init),
+                cfg.model,
+                secret=SECRET,
+                lr=cfg.optim.lr,
+                run_id=RUN_ID,
+            )
+        )
+        self.port = self.service.start("127.0.0.1", 0)
+        self.initial_state = self.service.state_dict()
+        self.task_init: dict[str, dict[str, torch.Tensor]] = {}
+        for i, task in enumerate(cfg.tasks):
+            torch.manual_seed(cfg.seed + 1 + i)
+            self.task_init[task] = TaskModel.build(task, cfg.model).state_dict()
+        self.round_id = 0
+
+    def round(
+        self,
+        cfg: FederationConfig,
+        targets: list[str],
+        states: dict[str, dict[str, torch.Tensor]] | None = None,
+        reset_body: bool = True,
+        round_number: int = 1,
+    ) -> tuple[Measured, list[TaskModel]]:
+        """Every site trains one round through `targets[i]`; returns the time and the models."""
+        if reset_body:
+            self.service.load_state_dict(self.initial_state)
+        self.round_id += 1
+        rid = self.round_id
+        participants = {s.site_id: s.task for s in self.sites}
+        self.service.open_round(
+            rid,
+            participants,
+            train_body=True,
+            mode=cfg.mode,
+            step_deadline_s=300,
+            pipeline_depth=cfg.pipeline_depth,
+        )
+        states = states or self.task_init
+        models = []
+        for site in self.sites:
+            model = TaskModel.build(site.task, cfg.model)
+            model.load_state_dict(states[site.task])
+            models.append(model)
+        barrier = threading.Barrier(len(self.sites) + 1)
+        finished: list[float] = [0.0] * len(self.sites)
+        traffic: list[tuple[int, int]] = [(0, 0)] * len(self.sites)
+        errors: list[BaseException] = []
+
+        def site_thread(i: int) -> None:
+            site = self.sites[i]
+            tok = issue_token(SECRET, RUN_ID, rid, site.site_id, site.task, ttl_s=3600)
+            barrier.wait()
+            try:
+                with RemoteBodyLink(targets[i], tok, wire_dtype=cfg.wire) as link:
+                    train_round(cfg, site, models[i], link, round_number)
+                traffic[i] = (link.bytes_sent, link.bytes_received)
+            except BaseException as exc:  # re-raised below
+                errors.append(exc)
+            finished[i] = time.perf_counter()
+
+        threads = [threading.Thread(target=site_thread, args=(i,)) for i in range(len(self.sites))]
+        for thread in threads:
+            thread.start()
+        barrier.wait()
+        started = time.perf_counter()
+        for thread in threads:
+            thread.join()
+        report = self.service.close_round()
+        if errors or report.dropped:
+            raise RuntimeError(f"a site failed: {errors or report.dropped}")
+        seconds = max(finished) - started
+        up = statistics.mean(t[0] for t in traffic)
+        down = statistics.mean(t[1] for t in traffic)
+        return Measured(seconds, int(up), int(down)), models
+
+
+def bench_round_time(
+    bench: Bench,
+    schedules: list[Schedule],
+    wires: list[str],
+    rtts: list[float],
+    rate_mbit: float,
+    repeats: int,
+    progress: Progress,
+) -> dict[tuple[str, float, Schedule], list[Measured]]:
+    results: dict[tuple[str, float, Schedule], list[Measured]] = {}
+    with ExitStack() as stack:
+        targets = {
+            rtt: [
+                stack.enter_context(wan_proxy(bench.port, rtt, rate_mbit))
+                if rtt > 0
+                else f"127.0.0.1:{bench.port}"
+                for _ in bench.sites
+            ]
+            for rtt in rtts
+        }
+        total = repeats * len(wires) * len(rtts) * len(schedules)
+        task = progress.add_task("rounds (wire x RTT x schedule)", total=total)
+        for rtt in rtts:  # warm-up, not measured: first connections, loaders, allocator
+            bench.round(bench.cfg, targets[rtt])
+        for _ in range(repeats):
+            for wire in wires:
+                for rtt in rtts:
+                    for schedule in schedules:
+                        cfg = bench.cfg.model_copy(
+                            update={
+                                "wire": wire,
+                                "mode": schedule.mode,
+                                "pipeline_depth": schedule.depth,
+                            }
+                        )
+                        measured, _ = bench.round(cfg, targets[rtt])
+                        results.setdefault((wire, rtt, schedule), []).append(measured)
+                        progress.advance(task)
+    return results
+
+
+def bench_accuracy(
+    bench: Bench, schedules: list[Schedule], rounds: int, progress: Progress
+) -> dict[Schedule, dict[str, float]]:
+    """`rounds` rounds of each schedule over loopback; the final validation primary metric per
+    task (heads/tails averaged per task after every round, as FeSTA's unify step does)."""
+    out: dict[Schedule, dict[str, float]] = {}
+    direct = [f"127.0.0.1:{bench.port}"] * len(bench.sites)
+    task = progress.add_task("accuracy rounds", total=rounds * len(schedules))
+    for schedule in schedules:
+        cfg = bench.cfg.model_copy(update={"mode": schedule.mode, "pipeline_depth": schedule.depth})
+        bench.service.load_state_dict(bench.initial_state)
+        states = copy.deepcopy(bench.task_init)
+        for r in range(1, rounds + 1):
+            _, models = bench.round(cfg, direct, states, reset_body=False, round_number=r)
+            for name in cfg.tasks:
+                members = [
+                    (m, s) for m, s in zip(models, bench.sites, strict=True) if s.task == name
+                ]
+                states[name] = fedavg(
+                    [m.state_dict() for m, _ in members],
+                    [float(len(s.train_indices)) for _, s in members],
+                )
+            progress.advance(task)
+        out[schedule] = _evaluate(bench, cfg, states)
+    return out
+
+
+def _evaluate(
+    bench: Bench, cfg: FederationConfig, states: dict[str, dict[str, torch.Tensor]]
+) -> dict[str, float]:
+    bench.round_id += 1
+    participants = {s.site_id: s.task for s in bench.sites}
+    bench.service.open_round(bench.round_id, participants, train_body=False, mode="async")
+    per_task: dict[str, list[tuple[float, int]]] = {}
+    try:
+        for site in bench.sites:
+            model = TaskModel.build(site.task, cfg.model)
+            model.load_state_dict(states[site.task])
+            tok = issue_token(SECRET, RUN_ID, bench.round_id, site.site_id, site.task, 3600)
+            with RemoteBodyLink(f"127.0.0.1:{bench.port}", tok) as link:
+                metrics = evaluate_site(cfg, site, model, link, cfg.rounds)
+            value = metrics.get(primary_metric(site.task), float("nan"))
+            per_task.setdefault(site.task, []).append((value, metrics["num-examples"]))
+    finally:
+        bench.service.close_round()
+    return {
+        task: sum(v * n for v, n in values) / max(1, sum(n for _, n in values))
+        for task, values in per_task.items()
+    }
+
+
+def _base_config(args: argparse.Namespace) -> FederationConfig:
+    return FederationConfig(
+        model=model_preset("tiny"),
+        optim=OptimConfig(lr=1e-3, batch_size=args.batch),
+        data=DataConfig(train_size=args.train_size, val_size=args.val_size),
+        tasks=["classification", "segmentation", "detection"],
+        clients=args.clients,
+        partition="iid",
+        rounds=args.rounds,
+        local_steps=args.steps,
+        degrade="none",
+        restore="none",
+        seed=0,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--train-size", type=int, default=480)
+    parser.add_argument("--val-size", type=int, default=150)
+    parser.add_argument("--rtts", default="0,20,80", help="ms; 0 = loopback, no proxy")
+    parser.add_argument("--rate-mbit", type=float, default=100.0)
+    parser.add_argument("--depths", default="4,8", help="pipeline depths K > 1 (async)")
+    parser.add_argument("--wires", default="fp32,int8")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4, help="rounds for the accuracy effect")
+    parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    machine = machine_line()
+    cfg = _base_config(args)
+    rtts = [float(x) for x in args.rtts.split(",")]
+    wires = args.wires.split(",")
+    schedules = [Schedule("sync", 1), Schedule("async", 1)] + [
+        Schedule("async", int(k)) for k in args.depths.split(",")
+    ]
+    console = Console()
+    started = time.perf_counter()
+    with ExitStack() as stack, Progress(console=Console(stderr=True)) as progress:
+        bench = Bench(cfg, stack)
+        times = bench_round_time(
+            bench, schedules, wires, rtts, args.rate_mbit, args.repeats, progress
+        )
+        accuracy = (
+            {} if args.skip_accuracy else bench_accuracy(bench, schedules, args.rounds, progress)
+        )
+    rows, notes = _rows(times, rtts, args.rate_mbit)
+    command = "python -m simulations.bench_wan" + "".join(
+        f" {a}" for a in (argv if argv is not None else sys.argv[1:])
+    )
+    explain = (
+        f"{cfg.clients} sites (one per task), tiny preset ({cfg.model.image_size} px, "
+        f"{cfg.model.num_tokens} tokens x {cfg.model.embed_dim}, depth {cfg.model.depth}), "
+        f"{cfg.local_steps} local steps of batch {cfg.optim.batch_size}, torch 1 thread; every "
+        f"site behind its own user-space link (simulations/netem.py) of the given RTT and "
+        f"{args.rate_mbit:g} Mbit/s each way, or loopback (RTT 0). round s = median of "
+        f"{args.repeats} of the split-training part of a round (release of all site threads -> "
+        "last site done and its stream closed, connection set-up included). 'vs own loopback' "
+        "divides by the same schedule and wire at RTT 0; 'vs sync K=1 loopback' by today's "
+        "default schedule at RTT 0 with the same wire. link use = the busier direction's bytes "
+        "/ (round s x rate), per site."
+    )
+    columns = [
+        "wire",
+        "RTT ms",
+        "schedule",
+        "round s",
+        "vs own loopback",
+        "vs sync K=1 loopback",
+        "MiB/site up",
+        "MiB/site down",
+        "link use %",
+    ]
+    _report(
+        args,
+        "WAN round time with pipelined micro-batches",
+        command,
+        columns,
+        rows,
+        explain + "\n\n" + notes,
+        machine,
+        console,
+    )
+    if accuracy:
+        acc_rows = [
+            [s.name, *(f"{accuracy[s].get(t, float('nan')):.3f}" for t in cfg.tasks)]
+            for s in schedules
+        ]
+        acc_notes = (
+            f"{args.rounds} rounds of the schedule over loopback (same sites, batches and initial "
+            "weights; body trains every round, heads/tails averaged per task after each round); "
+            "validation primary metric per task ("
+            + ", ".join(f"{t}: {primary_metric(t)}" for t in cfg.tasks)
+            + f") on {args.val_size} phantom images split among the sites."
+        )
+        _report(
+            args,
+            "WAN pipelining: accuracy effect",
+            command,
+            ["schedule", *cfg.tasks],
+            acc_rows,
+            acc_notes,
+            machine,
+            console,
+        )
+    console.print(f"done in {time.perf_counter() - started:.0f} s")
+
+
+def _rows(
+    times: dict[tuple[str, float, Schedule], list[Measured]], rtts: list[float], rate_mbit: float
+) -> tuple[list[list[Any]], str]:
+    def median(key: tuple[str, float, Schedule]) -> float:
+        return statistics.median(m.seconds for m in times[key])
+
+    rows = []
+    best: dict[str, tuple[float, str]] = {}
+    for wire, rtt, schedule in times:
+        seconds = median((wire, rtt, schedule))
+        own = seconds / median((wire, 0.0, schedule)) if 0.0 in rtts else float("nan")
+        base = seconds / median((wire, 0.0, Schedule("sync", 1))) if 0.0 in rtts else float("nan")
+        last = times[(wire, rtt, schedule)][-1]
+        use = max(last.bytes_up, last.bytes_down) * 8 / (seconds * rate_mbit * 1e6)
+        rows.append(
+            [
+                wire,
+                f"{rtt:g}",
+                schedule.name,
+                seconds,
+                f"{own:.2f}",
+                f"{base:.2f}",
+                f"{last.bytes_up / 2**20:.1f}",
+                f"{last.bytes_down / 2**20:.1f}",
+                f"{100 * use:.0f}" if rtt > 0 else "-",
+            ]
+        )
+        if rtt == max(rtts) and (wire not in best or base < best[wire][0]):
+            best[wire] = (base, schedule.name)
+    notes = " ".join(
+        f"At {max(rtts):g} ms, {wire}: fastest schedule {name} at {ratio:.2f}x the sync K=1 "
+        "loopback round."
+        for wire, (ratio, name) in best.items()
+    )
+    return rows, notes
+
+
+def _report(
+    args: argparse.Namespace,
+    title: str,
+    command: str,
+    columns: list[str],
+    rows: list[list[Any]],
+    notes: str,
+    machine: str,
+    console: Console,
+) -> None:
+    """Print the table and (unless --no-write) append it to BENCHMARKS.md."""
+    if args.no_write:
+        table = Table(title=title)
+        for column in columns:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+        console.print(table)
+        return
+    publish(title, command, columns, rows, notes=notes, machine=machine, console=console)
+
+
+if __name__ == "__main__":
+    main()
