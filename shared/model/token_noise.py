@@ -56,6 +56,10 @@ class NoisyBodyLink:
     def evaluate(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.link.evaluate(add_token_noise(tokens, self.std, self.generator))
 
+    def send_forward(self, step: int, tokens: torch.Tensor) -> None:
+        """Pipelined links (`shared.model.pipeline`): the Forward gets the same noise."""
+        self.link.send_forward(step, add_token_noise(tokens, self.std, self.generator))
+
     def __getattr__(self, name: str) -> Any:
         if name == "link":  # not set yet (e.g. during unpickling): no recursion
             raise AttributeError(name)

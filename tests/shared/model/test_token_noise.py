@@ -14,6 +14,7 @@ from server.flower_app import config_from_run_config
 from shared.config import ConfigError, FederationConfig, ModelConfig, validate
 from shared.data.datasets import collate, phantom_dataset
 from shared.model import Body, LocalBodyLink, split_train_step
+from shared.model.pipeline import LocalPipelinedBodyLink
 from shared.model.token_noise import NoisyBodyLink, add_token_noise, with_token_noise
 from shared.tasks import get_task
 from simulations.cli import app as simulate_app
@@ -102,8 +103,22 @@ def test_gradient_passes_straight_to_the_head(batch):
             assert float((p.grad - q.grad).norm() / q.grad.norm().clamp(min=1e-12)) < 1e-4
 
 
-def test_a_client_round_sends_noisy_tokens_for_training_and_evaluation():
-    """`train_round` / `evaluate_site` apply `cfg.token_noise` (how it reaches real clients)."""
+class PipelinedRecorder(LocalPipelinedBodyLink):
+    """The reference pipelined body, keeping every Forward's tokens as the body got them."""
+
+    def __init__(self, body):
+        super().__init__(body, torch.optim.SGD(body.parameters(), lr=0.0))
+        self.seen = []
+
+    def send_forward(self, step, tokens):
+        self.seen.append(tokens.detach().clone())
+        super().send_forward(step, tokens)
+
+
+@pytest.mark.parametrize("depth", [1, 2], ids=["blocking", "pipelined"])
+def test_a_client_round_sends_noisy_tokens_for_training_and_evaluation(depth):
+    """`train_round` / `evaluate_site` apply `cfg.token_noise` (how it reaches real clients),
+    on the blocking and the pipelined (K micro-batches in flight) training paths."""
     from client.local_training import evaluate_site, train_round
     from client.site_data import simulated_site
     from shared.train.task_model import TaskModel
@@ -115,8 +130,10 @@ def test_a_client_round_sends_noisy_tokens_for_training_and_evaluation():
             tasks=["classification"],
             clients=1,
             partition="iid",
-            local_steps=1,
+            local_steps=2,
             token_noise=std,
+            pipeline_depth=depth,
+            mode="async" if depth > 1 else "sync",
             data={"train_size": 24, "val_size": 8},
             optim={"batch_size": 8},
         )
@@ -124,13 +141,20 @@ def test_a_client_round_sends_noisy_tokens_for_training_and_evaluation():
         torch.manual_seed(0)
         model = TaskModel.build("classification", CFG)
         torch.manual_seed(0)
-        recorder = Recorder(Body(CFG))
-        train_round(cfg, site, model, LocalBodyLink(recorder), round_number=1)
-        evaluate_site(cfg, site, model, LocalBodyLink(recorder), round_number=1)
-        seen[std] = recorder.seen
-        assert len(recorder.seen) == 2  # one training step, one validation batch
-    assert not torch.equal(seen[0.0][0], seen[0.2][0])
-    assert not torch.equal(seen[0.0][1], seen[0.2][1])
+        if depth > 1:
+            train_body = PipelinedRecorder(Body(CFG))
+            train_round(cfg, site, model, train_body, round_number=1)
+        else:
+            train_body = Recorder(Body(CFG))
+            train_round(cfg, site, model, LocalBodyLink(train_body), round_number=1)
+        eval_body = Recorder(Body(CFG))
+        evaluate_site(cfg, site, model, LocalBodyLink(eval_body), round_number=1)
+        seen[std] = train_body.seen + eval_body.seen
+        assert len(seen[std]) == 3  # two training steps, one validation batch
+    for clean, noisy in zip(seen[0.0], seen[0.2], strict=True):
+        # relative std 0.2: the difference is noise of about 0.2 x the tokens' RMS
+        ratio = float((noisy - clean).pow(2).mean().sqrt() / clean.pow(2).mean().sqrt())
+        assert 0.1 < ratio < 0.4, ratio
 
 
 def test_negative_noise_is_refused_with_the_key_named():
