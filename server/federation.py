@@ -24,6 +24,7 @@ from server.body_service.tokens import issue_token
 from shared.config import FederationConfig
 from shared.fedavg import fedavg
 from shared.model.body import Body
+from shared.model.pipeline import staleness_lr_scale
 from shared.runinfo import append_jsonl, environment_info, seed_everything, write_json
 from shared.tasks import primary_metric
 from shared.train.task_model import TaskModel
@@ -259,6 +260,7 @@ class Federation:
             mode=cfg.mode,
             step_deadline_s=cfg.step_deadline_s,
             pipeline_depth=cfg.pipeline_depth,
+            lr_scale=staleness_lr_scale(cfg.pipeline_depth, cfg.pipeline_body_lr),
         )
         self.reply_states = {}
         train_msgs = [

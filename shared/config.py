@@ -204,6 +204,12 @@ class FederationConfig(FestaModel):
         description="micro-batches each client keeps in flight to hide WAN latency (K > 1: "
         "async mode only, bounded staleness K-1; see shared/model/pipeline.py)",
     )
+    pipeline_body_lr: Literal["constant", "sqrt", "linear"] = Field(
+        "linear",
+        description="K > 1: the body's learning rate in a pipelined round is lr x 1, "
+        "1/sqrt(K) or 1/K (the body takes up to K x clients steps blind to each other; "
+        "head and tail keep lr; measured in BENCHMARKS.md, see docs/WAN.md)",
+    )
     mode: Literal["sync", "async"] = "sync"
     step_deadline_s: float = Field(
         60.0, gt=0, description="sync mode: wait this long for a client's step"

@@ -18,7 +18,10 @@ measured round, and every site trains on the same batches in every configuration
 
 Accuracy effect: the same 3 sites train for `--rounds` rounds in process over loopback (body
 trains every round, heads/tails averaged per task after each) with each schedule, and the
-validation primary metric of every task (`shared.tasks.primary_metric`) is reported. The
+validation primary metric of every task (`shared.tasks.primary_metric`) is reported, mean and
+range of `--accuracy-repeats` runs; at K > 1 each `--body-lr` rule is a schedule of its own.
+
+    python -m simulations.bench_wan --skip-round-time   # accuracy only, ~8 min The
 network does not change the numbers a schedule computes (async interleaving aside), only its
 time, so accuracy is measured without the proxies.
 """
@@ -51,6 +54,7 @@ from server.body_service import BodyService, issue_token
 from shared.config import DataConfig, FederationConfig, OptimConfig, model_preset
 from shared.fedavg import fedavg
 from shared.model.body import Body
+from shared.model.pipeline import staleness_lr_scale
 from shared.tasks import primary_metric
 from shared.train.task_model import TaskModel
 from simulations.report import machine_line, publish
@@ -60,14 +64,29 @@ SECRET = b"bench-wan-secret"
 RUN_ID = "bench-wan"
 
 
+BODY_LR_LABEL = {"constant": "x1", "sqrt": "/sqrt K", "linear": "/K"}
+
+
 @dataclass(frozen=True)
 class Schedule:
     mode: str
     depth: int
+    body_lr: str = "linear"  # FederationConfig.pipeline_body_lr; only matters at K > 1
 
     @property
     def name(self) -> str:
-        return f"{self.mode} K={self.depth}"
+        rule = f" (body lr {BODY_LR_LABEL[self.body_lr]})" if self.depth > 1 else ""
+        return f"{self.mode} K={self.depth}{rule}"
+
+    def config(self, cfg: FederationConfig, **update: Any) -> FederationConfig:
+        return cfg.model_copy(
+            update={
+                "mode": self.mode,
+                "pipeline_depth": self.depth,
+                "pipeline_body_lr": self.body_lr,
+                **update,
+            }
+        )
 
 
 @dataclass
@@ -147,6 +166,7 @@ class Bench:
             mode=cfg.mode,
             step_deadline_s=300,
             pipeline_depth=cfg.pipeline_depth,
+            lr_scale=staleness_lr_scale(cfg.pipeline_depth, cfg.pipeline_body_lr),
         )
         states = states or self.task_init
         models = []
@@ -215,13 +235,7 @@ def bench_round_time(
             for wire in wires:
                 for rtt in rtts:
                     for schedule in schedules:
-                        cfg = bench.cfg.model_copy(
-                            update={
-                                "wire": wire,
-                                "mode": schedule.mode,
-                                "pipeline_depth": schedule.depth,
-                            }
-                        )
+                        cfg = schedule.config(bench.cfg, wire=wire)
                         measured, _ = bench.round(cfg, targets[rtt])
                         results.setdefault((wire, rtt, schedule), []).append(measured)
                         progress.advance(task)
@@ -229,29 +243,31 @@ def bench_round_time(
 
 
 def bench_accuracy(
-    bench: Bench, schedules: list[Schedule], rounds: int, progress: Progress
-) -> dict[Schedule, dict[str, float]]:
-    """`rounds` rounds of each schedule over loopback; the final validation primary metric per
-    task (heads/tails averaged per task after every round, as FeSTA's unify step does)."""
-    out: dict[Schedule, dict[str, float]] = {}
+    bench: Bench, schedules: list[Schedule], rounds: int, repeats: int, progress: Progress
+) -> dict[Schedule, list[dict[str, float]]]:
+    """`rounds` rounds of each schedule over loopback, `repeats` times (interleaved); the final
+    validation primary metric per task of every repeat (heads/tails averaged per task after
+    every round, as FeSTA's unify step does). Repeats differ only by the async interleaving."""
+    out: dict[Schedule, list[dict[str, float]]] = {}
     direct = [f"127.0.0.1:{bench.port}"] * len(bench.sites)
-    task = progress.add_task("accuracy rounds", total=rounds * len(schedules))
-    for schedule in schedules:
-        cfg = bench.cfg.model_copy(update={"mode": schedule.mode, "pipeline_depth": schedule.depth})
-        bench.service.load_state_dict(bench.initial_state)
-        states = copy.deepcopy(bench.task_init)
-        for r in range(1, rounds + 1):
-            _, models = bench.round(cfg, direct, states, reset_body=False, round_number=r)
-            for name in cfg.tasks:
-                members = [
-                    (m, s) for m, s in zip(models, bench.sites, strict=True) if s.task == name
-                ]
-                states[name] = fedavg(
-                    [m.state_dict() for m, _ in members],
-                    [float(len(s.train_indices)) for _, s in members],
-                )
-            progress.advance(task)
-        out[schedule] = _evaluate(bench, cfg, states)
+    task = progress.add_task("accuracy rounds", total=repeats * rounds * len(schedules))
+    for _ in range(repeats):
+        for schedule in schedules:
+            cfg = schedule.config(bench.cfg)
+            bench.service.load_state_dict(bench.initial_state)
+            states = copy.deepcopy(bench.task_init)
+            for r in range(1, rounds + 1):
+                _, models = bench.round(cfg, direct, states, reset_body=False, round_number=r)
+                for name in cfg.tasks:
+                    members = [
+                        (m, s) for m, s in zip(models, bench.sites, strict=True) if s.task == name
+                    ]
+                    states[name] = fedavg(
+                        [m.state_dict() for m, _ in members],
+                        [float(len(s.train_indices)) for _, s in members],
+                    )
+                progress.advance(task)
+            out.setdefault(schedule, []).append(_evaluate(bench, cfg, states))
     return out
 
 
@@ -309,6 +325,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=4, help="rounds for the accuracy effect")
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--skip-round-time", action="store_true", help="accuracy section only")
+    parser.add_argument(
+        "--body-lr",
+        default="constant,linear",
+        help="pipeline_body_lr rules compared at K > 1 in the accuracy section (constant, "
+        "sqrt, linear); round times use the config default",
+    )
+    parser.add_argument("--accuracy-repeats", type=int, default=3)
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -316,18 +340,29 @@ def main(argv: list[str] | None = None) -> None:
     cfg = _base_config(args)
     rtts = [float(x) for x in args.rtts.split(",")]
     wires = args.wires.split(",")
+    default_rule = FederationConfig.model_fields["pipeline_body_lr"].default
+    depths = [int(k) for k in args.depths.split(",")]
     schedules = [Schedule("sync", 1), Schedule("async", 1)] + [
-        Schedule("async", int(k)) for k in args.depths.split(",")
+        Schedule("async", k, default_rule) for k in depths
+    ]
+    acc_schedules = [Schedule("sync", 1), Schedule("async", 1)] + [
+        Schedule("async", k, rule) for k in depths for rule in args.body_lr.split(",")
     ]
     console = Console()
     started = time.perf_counter()
     with ExitStack() as stack, Progress(console=Console(stderr=True)) as progress:
         bench = Bench(cfg, stack)
-        times = bench_round_time(
-            bench, schedules, wires, rtts, args.rate_mbit, args.repeats, progress
+        times = (
+            {}
+            if args.skip_round_time
+            else bench_round_time(
+                bench, schedules, wires, rtts, args.rate_mbit, args.repeats, progress
+            )
         )
         accuracy = (
-            {} if args.skip_accuracy else bench_accuracy(bench, schedules, args.rounds, progress)
+            {}
+            if args.skip_accuracy
+            else bench_accuracy(bench, acc_schedules, args.rounds, args.accuracy_repeats, progress)
         )
     rows, notes = _rows(times, rtts, args.rate_mbit)
     command = "python -m simulations.bench_wan" + "".join(
@@ -356,27 +391,34 @@ def main(argv: list[str] | None = None) -> None:
         "MiB/site down",
         "link use %",
     ]
-    _report(
-        args,
-        "WAN round time with pipelined micro-batches",
-        command,
-        columns,
-        rows,
-        explain + "\n\n" + notes,
-        machine,
-        console,
-    )
+    if times:
+        _report(
+            args,
+            "WAN round time with pipelined micro-batches",
+            command,
+            columns,
+            rows,
+            explain + "\n\n" + notes,
+            machine,
+            console,
+        )
     if accuracy:
         acc_rows = [
-            [s.name, *(f"{accuracy[s].get(t, float('nan')):.3f}" for t in cfg.tasks)]
-            for s in schedules
+            [
+                s.name,
+                *(_spread([run.get(t, float("nan")) for run in accuracy[s]]) for t in cfg.tasks),
+            ]
+            for s in acc_schedules
         ]
         acc_notes = (
             f"{args.rounds} rounds of the schedule over loopback (same sites, batches and initial "
             "weights; body trains every round, heads/tails averaged per task after each round); "
             "validation primary metric per task ("
             + ", ".join(f"{t}: {primary_metric(t)}" for t in cfg.tasks)
-            + f") on {args.val_size} phantom images split among the sites."
+            + f") on {args.val_size} phantom images split among the sites; mean (min-max) of "
+            f"{args.accuracy_repeats} repeats, which differ only by the async interleaving. "
+            "body lr x1 / /sqrt K / /K: `pipeline_body_lr` constant / sqrt / linear (the body's "
+            "learning rate during a pipelined round; head and tail keep theirs)."
         )
         _report(
             args,
@@ -389,6 +431,13 @@ def main(argv: list[str] | None = None) -> None:
             console,
         )
     console.print(f"done in {time.perf_counter() - started:.0f} s")
+
+
+def _spread(values: list[float]) -> str:
+    """ "mean (min-max)" of the repeats, or the value alone for one repeat."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
 def _rows(

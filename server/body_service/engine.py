@@ -46,6 +46,7 @@ class BodyEngine:
             raise ValueError("autocast_bf16 needs a CUDA device")
         self.body = body.to(self.device)
         self.optimizer = torch.optim.AdamW(self.body.parameters(), lr=lr, weight_decay=weight_decay)
+        self.lr = lr
         self.autocast_bf16 = autocast_bf16
         self.lock = threading.Lock()
         self.is_open: Callable[[], bool] = lambda: True
@@ -55,6 +56,12 @@ class BodyEngine:
         with self.lock:
             for p in self.body.parameters():
                 p.requires_grad_(trainable)
+
+    def set_lr_scale(self, scale: float) -> None:
+        """Steps from now on use `scale` x the base learning rate (pipelined rounds)."""
+        with self.lock:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr * scale
 
     def forward(self, tokens: torch.Tensor) -> tuple[ForwardState, torch.Tensor]:
         """tokens `[B, N, D]` -> (state for backward, body output `[B, N, D]` float32 CPU)."""

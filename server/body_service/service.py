@@ -266,12 +266,15 @@ class BodyService:
         mode: Mode = "sync",
         step_deadline_s: float = 60.0,
         pipeline_depth: int = 1,
+        lr_scale: float = 1.0,
     ) -> None:
         """Accept streams from `participants` (node_id -> task) holding tokens for `round_id`.
 
         Sync steps concatenate the clients' tokens in `participants` order: pass a stable order
         (e.g. by site) for runs that reproduce bit for bit. `pipeline_depth` K > 1 lets each
         client keep K micro-batches in flight (async mode only; see the module docstring).
+        `lr_scale` multiplies the body's learning rate for this round's steps
+        (`shared.model.pipeline.staleness_lr_scale`).
         """
         if self._round is not None and not self._round.closed:
             raise RuntimeError(f"round {self._round.round_id} is still open; close it first")
@@ -286,7 +289,10 @@ class BodyService:
                 f"pipeline_depth {pipeline_depth} needs mode='async': the sync barrier runs one "
                 "step for all clients at a time and does not pipeline"
             )
+        if lr_scale <= 0:
+            raise ValueError(f"lr_scale must be positive, got {lr_scale}")
         self.engine.set_trainable(train_body)
+        self.engine.set_lr_scale(lr_scale)
         clients = {str(n): _Client(str(n), str(t)) for n, t in participants.items()}
         rnd = _Round(round_id, clients, train_body, mode, step_deadline_s, pipeline_depth)
         self._round = rnd

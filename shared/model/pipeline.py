@@ -49,6 +49,17 @@ from shared.model.permutation import TokenPermutation
 from shared.model.split import LossFn, SplitStepResult
 
 
+def staleness_lr_scale(depth: int, rule: str) -> float:
+    """Body learning-rate factor for pipelined rounds of depth K: 1, 1/sqrt(K) or 1/K for
+    `rule` "constant", "sqrt" or "linear" (`FederationConfig.pipeline_body_lr`); 1 at K = 1."""
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    factors = {"constant": 1.0, "sqrt": depth**-0.5, "linear": 1.0 / depth}
+    if rule not in factors:
+        raise ValueError(f"unknown pipeline body learning-rate rule {rule!r}")
+    return factors[rule]
+
+
 class PipelinedBodyLink(Protocol):
     """A body that takes Forwards ahead of their Backwards and answers in the order sent."""
 
