@@ -11,7 +11,11 @@ import torch
 
 from client.body_client import BodyServiceError, RemoteBodyLink
 from shared.config import FederationConfig
-from shared.model.pipeline import LocalPipelinedBodyLink, split_train_pipelined
+from shared.model.pipeline import (
+    LocalPipelinedBodyLink,
+    split_train_pipelined,
+    staleness_lr_scale,
+)
 from shared.model.split import LocalBodyLink, split_train_step
 
 from .conftest import (
@@ -52,10 +56,13 @@ def _assert_same_modules(a: torch.nn.Module, b: torch.nn.Module, rel: float = 1e
         assert err < rel, f"{name}: relative error {err:.2e}"
 
 
-@pytest.mark.parametrize("depth", [2, 4])
-def test_pipelined_round_equals_the_in_process_reference(start_service, body, config, depth):
+@pytest.mark.parametrize(("depth", "rule"), [(2, "constant"), (4, "linear")])
+def test_pipelined_round_equals_the_in_process_reference(start_service, body, config, depth, rule):
     service, target = start_service()
-    service.open_round(1, {"site": "cls"}, train_body=True, mode="async", pipeline_depth=depth)
+    scale = staleness_lr_scale(depth, rule)
+    service.open_round(
+        1, {"site": "cls"}, train_body=True, mode="async", pipeline_depth=depth, lr_scale=scale
+    )
     with RemoteBodyLink(target, token(1, "site")) as link:
         assert link.pipeline_depth == depth
         losses, head, tail = _train(link, config, depth, seed=1)
@@ -64,7 +71,7 @@ def test_pipelined_round_equals_the_in_process_reference(start_service, body, co
 
     ref_body = copy.deepcopy(body)
     reference = LocalPipelinedBodyLink(
-        ref_body, torch.optim.AdamW(ref_body.parameters(), lr=LR, weight_decay=0.01)
+        ref_body, torch.optim.AdamW(ref_body.parameters(), lr=LR * scale, weight_decay=0.01)
     )
     ref_losses, ref_head, ref_tail = _train(reference, config, depth, seed=1)
     assert losses == pytest.approx(ref_losses, rel=1e-5)
@@ -111,6 +118,24 @@ def test_sync_mode_refuses_a_pipeline_and_so_does_the_config(start_service):
     with pytest.raises(ValueError, match="needs mode = 'async'"):
         FederationConfig(pipeline_depth=4, mode="sync")
     assert FederationConfig(pipeline_depth=4, mode="async").pipeline_depth == 4
+
+
+def test_the_body_learning_rate_scale_holds_for_its_round_only(start_service):
+    service, _ = start_service()
+
+    def lr() -> float:
+        return service.state_dict()["optimizer"]["param_groups"][0]["lr"]
+
+    with pytest.raises(ValueError, match="lr_scale"):
+        service.open_round(1, {"site": "cls"}, train_body=True, mode="async", lr_scale=0.0)
+    service.open_round(
+        1, {"site": "cls"}, train_body=True, mode="async", pipeline_depth=4, lr_scale=0.25
+    )
+    assert lr() == pytest.approx(LR * 0.25)
+    service.close_round()
+    service.open_round(2, {"site": "cls"}, train_body=True, mode="async")
+    assert lr() == pytest.approx(LR)
+    service.close_round()
 
 
 def test_more_forwards_in_flight_than_the_depth_are_refused(start_service, config):

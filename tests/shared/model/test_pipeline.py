@@ -14,6 +14,7 @@ from shared.model.pipeline import (
     LocalPipelinedBodyLink,
     PipelineProtocolError,
     split_train_pipelined,
+    staleness_lr_scale,
 )
 from shared.tasks import get_task
 
@@ -118,3 +119,14 @@ def test_a_reply_for_a_step_not_in_flight_is_a_protocol_error():
             head_optimizer=_adamw(head),
             tail_optimizer=_adamw(tail),
         )
+
+
+def test_the_body_learning_rate_rules():
+    assert [staleness_lr_scale(1, r) for r in ("constant", "sqrt", "linear")] == [1.0] * 3
+    assert staleness_lr_scale(4, "constant") == 1.0
+    assert staleness_lr_scale(4, "sqrt") == pytest.approx(0.5)
+    assert staleness_lr_scale(8, "linear") == pytest.approx(0.125)
+    with pytest.raises(ValueError, match="rule"):
+        staleness_lr_scale(4, "cubic")
+    with pytest.raises(ValueError, match="depth"):
+        staleness_lr_scale(0, "linear")
