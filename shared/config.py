@@ -205,10 +205,10 @@ class FederationConfig(FestaModel):
         "async mode only, bounded staleness K-1; see shared/model/pipeline.py)",
     )
     pipeline_body_lr: Literal["constant", "sqrt", "linear"] = Field(
-        "linear",
+        "constant",
         description="K > 1: the body's learning rate in a pipelined round is lr x 1, "
-        "1/sqrt(K) or 1/K (the body takes up to K x clients steps blind to each other; "
-        "head and tail keep lr; measured in BENCHMARKS.md, see docs/WAN.md)",
+        "1/sqrt(K) or 1/K (head and tail keep lr); no rule measurably beat constant "
+        "(docs/WAN.md, BENCHMARKS.md)",
     )
     mode: Literal["sync", "async"] = "sync"
     step_deadline_s: float = Field(
