@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import Progress
-from rich.table import Table
 from scipy.optimize import linear_sum_assignment
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from torch import nn
@@ -791,18 +790,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"Figure: `docs/privacy.png`. Wall time {time.perf_counter() - started:.0f} s "
         f"(federations already finished in --work are reused, not rerun)."
     )
-    if args.no_publish:
-        for title, cols, rows in (
-            ("inversion", inv_columns, inv_table),
-            ("leakage", leak_columns, leaks),
-        ):
-            table = Table(title=title)
-            for col in cols:
-                table.add_column(col)
-            for row in rows:
-                table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
-            console.print(table)
-        return
     publish(
         "Privacy: feature inversion by the server (PSNR/SSIM on victim images) and the accuracy cost of token noise",
         command,
@@ -811,6 +798,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         notes=setup,
         machine=machine,
         console=console,
+        write=not args.no_publish,
     )
     publish(
         "Privacy: what gradients and averaged weights tell the server",
@@ -822,6 +810,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "it sent at the start of the round, and the site's tail after the round.",
         machine=machine,
         console=console,
+        write=not args.no_publish,
     )
 
 

@@ -45,7 +45,6 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.progress import Progress
-from rich.table import Table
 
 from client.body_client import RemoteBodyLink
 from client.local_training import evaluate_site, train_round
@@ -488,15 +487,16 @@ def _report(
     console: Console,
 ) -> None:
     """Print the table and (unless --no-write) append it to BENCHMARKS.md."""
-    if args.no_write:
-        table = Table(title=title)
-        for column in columns:
-            table.add_column(column)
-        for row in rows:
-            table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
-        console.print(table)
-        return
-    publish(title, command, columns, rows, notes=notes, machine=machine, console=console)
+    publish(
+        title,
+        command,
+        columns,
+        rows,
+        notes=notes,
+        machine=machine,
+        console=console,
+        write=not args.no_write,
+    )
 
 
 if __name__ == "__main__":
