@@ -24,9 +24,9 @@ from typing import Any
 import grpc
 import torch
 
-from server.body_service.convert import from_proto, to_proto
-from server.body_service.proto import body_pb2, body_pb2_grpc
-from shared.wire import WIRE_DTYPES, TokenLimits, WireFormatError, decode, encode
+from festa.shared.wire.messages import from_proto, to_proto
+from festa.shared.wire.proto import body_pb2, body_pb2_grpc
+from festa.shared.wire import WIRE_DTYPES, TokenLimits, WireFormatError, decode, encode
 
 _ENVELOPE_BYTES = 64 * 1024
 

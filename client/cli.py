@@ -12,9 +12,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from client import deploy
-from shared.deploy import settings_or_exit
-from shared.supervise import Child, Supervisor
+from festa.client import deploy
+from festa.shared.deploy import settings_or_exit
+from festa.shared.supervise import Child, Supervisor
 
 app = typer.Typer(help="Site side of a deployment: the SuperNode and the restoration daemon.")
 err = Console(stderr=True, soft_wrap=True)

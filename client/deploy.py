@@ -14,8 +14,8 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from shared.config import ConfigError
-from shared.deploy import DeployModel, require_files, require_loopback
+from festa.shared.config import ConfigError
+from festa.shared.deploy import DeployModel, require_files, require_loopback
 
 TASKS = ("classification", "segmentation", "detection")
 
@@ -92,7 +92,7 @@ class SiteSettings(DeployModel):
             if self.restoration.config is None:
                 raise ConfigError("restoration.config: needed when restoration.enabled = true")
             require_files("restoration", {"config": self.restoration.config})
-            if importlib.util.find_spec("client.service") is None:
+            if importlib.util.find_spec("festa.client.service") is None:
                 raise ConfigError(
                     "restoration.enabled: this festa build has no restoration daemon (client.service)"
                 )
@@ -143,7 +143,7 @@ def restoration_argv(s: SiteSettings) -> list[str] | None:
     return [
         sys.executable,
         "-m",
-        "client.service.cli",
+        "festa.client.service.cli",
         "serve",
         "--site",
         str(s.restoration.config),

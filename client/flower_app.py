@@ -10,12 +10,12 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.body_client import RemoteBodyLink
-from client.local_training import evaluate_site, train_round
-from client.restored_data import from_site_daemon, with_scanner
-from client.site_data import SiteData, deployed_site, simulated_site
-from shared.config import FederationConfig
-from shared.train.task_model import TaskModel
+from festa.client.body_client import RemoteBodyLink
+from festa.client.local_training import evaluate_site, train_round
+from festa.client.restored_data import from_site_daemon, with_scanner
+from festa.client.site_data import SiteData, deployed_site, simulated_site
+from festa.shared.config import FederationConfig
+from festa.shared.train.task_model import TaskModel
 
 log = logging.getLogger(__name__)
 app = ClientApp()

@@ -8,13 +8,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from client.site_data import SiteData
-from shared.config import FederationConfig
-from shared.model.permutation import TokenPermutation
-from shared.model.pipeline import PipelinedBodyLink, split_train_pipelined
-from shared.model.split import BodyLink, split_train_step
-from shared.model.token_noise import with_token_noise
-from shared.train.task_model import TaskModel, cycle_batches, evaluate, make_loader, to_device
+from festa.client.site_data import SiteData
+from festa.shared.config import FederationConfig
+from festa.shared.model.permutation import TokenPermutation
+from festa.shared.model.pipeline import PipelinedBodyLink, split_train_pipelined
+from festa.shared.model.split import BodyLink, split_train_step
+from festa.shared.model.token_noise import with_token_noise
+from festa.shared.train.task_model import TaskModel, cycle_batches, evaluate, make_loader, to_device
 
 
 class SimulatedFault(RuntimeError):

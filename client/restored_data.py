@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from client.site_data import SiteData
-from shared.config import FederationConfig
-from shared.data.datasets import CXRDataset
+from festa.client.site_data import SiteData
+from festa.shared.config import FederationConfig
+from festa.shared.data.datasets import CXRDataset
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def with_scanner(cfg: FederationConfig, site: SiteData, site_index: int) -> Site
         return replace(site, restoration=counts)
     idx = site.train_indices
     clean = torch.stack([site.train[int(i)]["image"] for i in idx])  # [n, 1, H, W]
-    from client.restoration.operators import parse_spec
+    from festa.client.restoration.operators import parse_spec
 
     acquired = parse_spec(spec).simulate(clean, seed=cfg.seed + site_index).clamp(0, 1)
     counts["degraded"] = len(idx)
@@ -72,7 +72,7 @@ def with_scanner(cfg: FederationConfig, site: SiteData, site_index: int) -> Site
 
 
 def _restore(cfg: FederationConfig, acquired: np.ndarray, spec: str, counts: dict[str, int]):
-    from client.restoration.api import Restorer
+    from festa.client.restoration.api import Restorer
 
     solver_spec = SOLVER_SPEC.get(cfg.restore, {}).get(spec, spec)
     model_dir = Path(cfg.restore_model_dir) if cfg.restore_model_dir else WEIGHTS
@@ -128,9 +128,9 @@ def from_site_daemon(site: SiteData, state_dir: str | Path, image_size: int) -> 
     Each sample whose original file the daemon restored is replaced by the restored image
     (with its provenance); any other keeps the original, with the daemon's reason logged.
     """
-    from client.service.restored_index import RestoredIndex
-    from shared.data.datasets import resize
-    from shared.data.imageio import ImageReadError, read_image
+    from festa.client.service.restored_index import RestoredIndex
+    from festa.shared.data.datasets import resize
+    from festa.shared.data.imageio import ImageReadError, read_image
 
     index = RestoredIndex(state_dir)
     samples, fallbacks = [], 0

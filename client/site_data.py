@@ -8,11 +8,11 @@ from functools import lru_cache
 import numpy as np
 from rich.table import Table
 
-from shared.config import FederationConfig
-from shared.data.datasets import CXRDataset, folder_dataset, load_dataset, phantom_dataset
-from shared.data.partition import assign_tasks, natural, partition, partition_table
-from shared.tasks import get_task
-from shared.train.task_model import task_indices
+from festa.shared.config import FederationConfig
+from festa.shared.data.datasets import CXRDataset, folder_dataset, load_dataset, phantom_dataset
+from festa.shared.data.partition import assign_tasks, natural, partition, partition_table
+from festa.shared.tasks import get_task
+from festa.shared.train.task_model import task_indices
 
 
 @dataclass

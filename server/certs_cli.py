@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from server import certs
+from festa.server import certs
 
 app = typer.Typer(help="Private CA, TLS certificates and SuperNode keys for a festa deployment.")
 err = Console(stderr=True, soft_wrap=True)

@@ -17,9 +17,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from server import deploy
-from shared.deploy import settings_or_exit
-from shared.supervise import Child, Supervisor
+from festa.server import deploy
+from festa.shared.deploy import settings_or_exit
+from festa.shared.supervise import Child, Supervisor
 
 app = typer.Typer(help="Server side of a deployment: SuperLink, console, node registration.")
 err = Console(stderr=True, soft_wrap=True)
@@ -80,8 +80,8 @@ def start(
             f"festa server: SuperLink on {s.server.host}:{s.server.port}; run config {s.run_config_path}"
         )
         if s.console.enabled:
-            from server.console.app import ConsoleServer
-            from server.store import RunStore
+            from festa.server.console.app import ConsoleServer
+            from festa.server.store import RunStore
 
             console = ConsoleServer(
                 RunStore(s.store_path),

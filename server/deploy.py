@@ -21,8 +21,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from shared.config import ConfigError
-from shared.deploy import (
+from festa.shared.config import ConfigError
+from festa.shared.deploy import (
     DeployModel,
     is_loopback,
     require_files,

@@ -19,15 +19,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from server.body_service.service import BodyService
-from server.body_service.tokens import issue_token
-from shared.config import FederationConfig
-from shared.fedavg import fedavg
-from shared.model.body import Body
-from shared.model.pipeline import staleness_lr_scale
-from shared.runinfo import append_jsonl, environment_info, seed_everything, write_json
-from shared.tasks import primary_metric
-from shared.train.task_model import TaskModel
+from festa.server.body_service.service import BodyService
+from festa.server.body_service.tokens import issue_token
+from festa.shared.config import FederationConfig
+from festa.shared.fedavg import fedavg
+from festa.shared.model.body import Body
+from festa.shared.model.pipeline import staleness_lr_scale
+from festa.shared.runinfo import append_jsonl, environment_info, seed_everything, write_json
+from festa.shared.tasks import primary_metric
+from festa.shared.train.task_model import TaskModel
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from server.body_service.service import TlsFiles
-from server.federation import ClientInfo, Federation, Instruction, Reply
-from shared.config import FederationConfig, model_preset, validate
+from festa.server.body_service.service import TlsFiles
+from festa.server.federation import ClientInfo, Federation, Instruction, Reply
+from festa.shared.config import FederationConfig, model_preset, validate
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def _open_store(path: Any) -> Any:
     """The run store named by run-config key `store` (a SQLite path or URL), or None."""
     if not path:
         return None
-    from server.store import RunStore
+    from festa.server.store import RunStore
 
     return RunStore(str(path))
 

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from shared.tasks import primary_metric  # noqa: E402
+from festa.shared.tasks import primary_metric  # noqa: E402
 
 
 def write_report(run_dir: str | Path) -> Path:

@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from shared.config import CentralConfig, ConfigError, DataConfig, load_toml, model_preset, validate
+from festa.shared.config import CentralConfig, ConfigError, DataConfig, load_toml, model_preset, validate
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -73,7 +73,7 @@ def train_central_cmd(
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
 ) -> None:
     """Train the split model centrally on pooled data (the yardstick for federated runs)."""
-    from shared.train.central import train_central
+    from festa.shared.train.central import train_central
 
     try:
         if config is not None:
@@ -111,7 +111,7 @@ def phantoms_cmd(
     import numpy as np
     from PIL import Image
 
-    from shared.data.phantoms import make_phantom
+    from festa.shared.data.phantoms import make_phantom
 
     grid = np.concatenate(
         [

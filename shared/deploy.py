@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from shared.config import ConfigError, load_toml
+from festa.shared.config import ConfigError, load_toml
 
 INSECURE_WARNING = (
     "INSECURE: TLS is OFF - everything on the wire is readable and node identities are not "

@@ -15,12 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from client.local_training import round_seed
-from client.site_data import SiteData, simulated_site
-from shared.config import FederationConfig
-from shared.fedavg import fedavg
-from shared.model.body import Body
-from shared.train.task_model import TaskModel, cycle_batches, evaluate, make_loader, to_device
+from festa.client.local_training import round_seed
+from festa.client.site_data import SiteData, simulated_site
+from festa.shared.config import FederationConfig
+from festa.shared.fedavg import fedavg
+from festa.shared.model.body import Body
+from festa.shared.train.task_model import TaskModel, cycle_batches, evaluate, make_loader, to_device
 
 
 class FullModel(nn.Module):

@@ -33,13 +33,13 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from client.body_client import RemoteBodyLink
-from server.body_service import BodyService, issue_token
-from shared.config import ModelConfig, model_preset
-from shared.model.body import Body
-from shared.model.split import LocalBodyLink
-from shared.runinfo import cpu_model
-from shared.wire import WIRE_DTYPES, decode, encode
+from festa.client.body_client import RemoteBodyLink
+from festa.server.body_service import BodyService, issue_token
+from festa.shared.config import ModelConfig, model_preset
+from festa.shared.model.body import Body
+from festa.shared.model.split import LocalBodyLink
+from festa.shared.runinfo import cpu_model
+from festa.shared.wire import WIRE_DTYPES, decode, encode
 
 SECRET = b"bench-secret"
 RUN_ID = "bench"

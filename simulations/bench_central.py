@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from shared.config import CentralConfig, DataConfig, OptimConfig, model_preset
-from shared.train.central import train_central
-from simulations.report import publish
+from festa.shared.config import CentralConfig, DataConfig, OptimConfig, model_preset
+from festa.shared.train.central import train_central
+from festa.simulations.report import publish
 
 TARGETS = {"classification": 0.90, "segmentation": 0.85, "detection": 0.50}
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from shared.config import CentralConfig, DataConfig, FederationConfig, ScheduleConfig
-from shared.tasks import primary_metric
-from simulations.report import machine_line, publish
+from festa.shared.config import CentralConfig, DataConfig, FederationConfig, ScheduleConfig
+from festa.shared.tasks import primary_metric
+from festa.simulations.report import machine_line, publish
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def simulate(cfg: FederationConfig, out: Path) -> dict:
     cmd = [
         sys.executable,
         "-m",
-        "shared.cli",
+        "festa.shared.cli",
         "simulate",
         "--config",
         str(toml),
@@ -110,7 +110,7 @@ def bench_traffic(base: FederationConfig, work: Path) -> list[list]:
             ]
         )
         if fedavg_bytes is None:
-            from simulations.baselines import run_baseline
+            from festa.simulations.baselines import run_baseline
 
             fed = run_baseline(base, "fedavg")
             fedavg_bytes = fed["bytes_per_client_round"]
@@ -141,7 +141,7 @@ def bench_overhead(base: FederationConfig, work: Path, threads: int) -> list[lis
     fed_rate = examples / train_s
     from rich.console import Console
 
-    from shared.train.central import train_central
+    from festa.shared.train.central import train_central
 
     torch.set_num_threads(threads)
     pooled = examples // len(cfg.tasks)  # same number of training examples per task
@@ -179,8 +179,8 @@ def bench_overhead(base: FederationConfig, work: Path, threads: int) -> list[lis
 def bench_accuracy(base: FederationConfig, work: Path, festa_summary: dict | None) -> list[list]:
     from rich.console import Console
 
-    from shared.train.central import train_central
-    from simulations.baselines import run_baseline
+    from festa.shared.train.central import train_central
+    from festa.simulations.baselines import run_baseline
 
     rows = []
     if festa_summary is None:

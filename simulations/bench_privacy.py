@@ -37,13 +37,13 @@ from scipy.optimize import linear_sum_assignment
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from torch import nn
 
-from shared import wire
-from shared.config import FederationConfig, ModelConfig, model_preset
-from shared.data.datasets import CXRDataset, collate, phantom_dataset
-from shared.model import Body, LocalBodyLink
-from shared.model.split import split_forward
-from shared.model.token_noise import add_token_noise, with_token_noise
-from shared.train.task_model import TaskModel
+from festa.shared import wire
+from festa.shared.config import FederationConfig, ModelConfig, model_preset
+from festa.shared.data.datasets import CXRDataset, collate, phantom_dataset
+from festa.shared.model import Body, LocalBodyLink
+from festa.shared.model.split import split_forward
+from festa.shared.model.token_noise import add_token_noise, with_token_noise
+from festa.shared.train.task_model import TaskModel
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURE = REPO / "docs" / "privacy.png"
@@ -375,8 +375,8 @@ def observe_round(
     round_number: int,
 ) -> LocalRound:
     """Run one real client round (`client.local_training.train_round`) against a curious body."""
-    from client.local_training import round_seed, train_round
-    from shared.train.task_model import cycle_batches, make_loader
+    from festa.client.local_training import round_seed, train_round
+    from festa.shared.train.task_model import cycle_batches, make_loader
 
     model = TaskModel.build(site.task, cfg.model)
     model.load_state_dict(state)
@@ -465,7 +465,7 @@ def load_trained(cfg: FederationConfig, run: Path, metrics: dict) -> Trained:
 
 
 def _tasks_of(cfg: FederationConfig) -> list[str]:
-    from client.site_data import federation_plan
+    from festa.client.site_data import federation_plan
 
     return federation_plan(cfg)[2]
 
@@ -571,7 +571,7 @@ def inversion_rows(
 
 def leakage_rows(base: Trained, public_ds: CXRDataset, args: argparse.Namespace) -> list[list[Any]]:
     """Label inference from returned gradients and label mix from tail-bias updates."""
-    from client.site_data import SiteData, simulated_site
+    from festa.client.site_data import SiteData, simulated_site
 
     cfg = base.cfg
     state = base.averaged["classification"]
@@ -722,8 +722,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     console = Console()
     started = time.perf_counter()
-    from simulations.bench_federation import simulate
-    from simulations.report import machine_line, publish
+    from festa.simulations.bench_federation import simulate
+    from festa.simulations.report import machine_line, publish
 
     machine = machine_line()
     noises = [0.0] + [float(x) for x in args.noise.split(",") if x.strip()]
@@ -745,7 +745,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     leaks = leakage_rows(models[0.0], public_ds, args)
 
     def metric(row: InversionRow, task: str) -> Any:
-        from shared.tasks import primary_metric
+        from festa.shared.tasks import primary_metric
 
         if row.trained_with == "-":
             return "-"

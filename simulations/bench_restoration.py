@@ -25,11 +25,11 @@ from rich.console import Console
 from skimage import restoration, transform
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from client.restoration.api import Restorer
-from client.restoration.errors import UnsupportedMethodError
-from client.restoration.operators import gaussian_kernel, parse_spec
-from shared.data.phantoms import phantom_images
-from simulations.report import publish
+from festa.client.restoration.api import Restorer
+from festa.client.restoration.errors import UnsupportedMethodError
+from festa.client.restoration.operators import gaussian_kernel, parse_spec
+from festa.shared.data.phantoms import phantom_images
+from festa.simulations.report import publish
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "client" / "restoration" / "weights" / "phantom64"
@@ -81,7 +81,7 @@ CASES = [
 
 def cxr_val_images(n: int, size: int = 64) -> np.ndarray:
     """The first ``n`` val images of ../shared/data/cxr-open, area-downsized to ``size``."""
-    from shared.data.imageio import read_image
+    from festa.shared.data.imageio import read_image
 
     root = REPO.parent / "shared" / "data" / "cxr-open"
     if not (root / "manifest.csv").is_file() or n == 0:

@@ -14,10 +14,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from shared.config import FederationConfig
-from shared.tasks import primary_metric
-from simulations.bench_federation import primary, simulate
-from simulations.report import machine_line, publish
+from festa.shared.config import FederationConfig
+from festa.shared.tasks import primary_metric
+from festa.simulations.bench_federation import primary, simulate
+from festa.simulations.report import machine_line, publish
 
 
 def main(argv: list[str] | None = None) -> None:

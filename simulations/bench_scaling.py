@@ -37,7 +37,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from shared.config import (
+from festa.shared.config import (
     DataConfig,
     FederationConfig,
     ModelConfig,
@@ -45,8 +45,8 @@ from shared.config import (
     ScheduleConfig,
     model_preset,
 )
-from simulations.bench_body_service import RUN_ID, SECRET, drive_clients, random_inputs
-from simulations.report import machine_line, publish
+from festa.simulations.bench_body_service import RUN_ID, SECRET, drive_clients, random_inputs
+from festa.simulations.report import machine_line, publish
 
 MB = 1024 * 1024
 # The sizes of the model-scaling sweep: the two presets and a ViT-S/16-sized body between them.
@@ -143,8 +143,8 @@ def _peak_rss_bytes() -> int:
 def _serve(conn: Any, config_json: str, nodes: list[str], mode: str, device: str, threads: int):
     """Child process: a BodyService with one open round for `nodes`; reports its port, then
     (when told) closes the round and reports its memory and round report."""
-    from server.body_service import BodyService
-    from shared.model.body import Body
+    from festa.server.body_service import BodyService
+    from festa.shared.model.body import Body
 
     try:
         torch.set_num_threads(threads)
@@ -276,8 +276,8 @@ def engine_throughput(
     """The body engine alone in this process (no gRPC, no codec): forward + backward + AdamW on
     random tokens `[batch, N, D]`. Returns tokens per wall second and per CPU second of this
     thread (the CPU figure is meaningful on CPU only)."""
-    from server.body_service.engine import BodyEngine
-    from shared.model.body import Body
+    from festa.server.body_service.engine import BodyEngine
+    from festa.shared.model.body import Body
 
     torch.manual_seed(0)
     engine = BodyEngine(
@@ -304,7 +304,7 @@ def engine_throughput(
 def round_time(clients: int, mode: str, rounds: int, local_steps: int, work: Path) -> dict:
     """Mean seconds of rounds 2.. of a real `festa simulate` (tiny preset, 64 px phantoms,
     two tasks, IID, the body trains every round, no degradation or restoration)."""
-    from simulations.bench_federation import simulate
+    from festa.simulations.bench_federation import simulate
 
     cfg = FederationConfig(
         clients=clients,
@@ -537,7 +537,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _body_params(config: ModelConfig) -> int:
-    from shared.model.body import Body
+    from festa.shared.model.body import Body
 
     return sum(p.numel() for p in Body(config).parameters())
 

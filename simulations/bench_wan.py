@@ -46,17 +46,17 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from client.body_client import RemoteBodyLink
-from client.local_training import evaluate_site, train_round
-from client.site_data import SiteData, simulated_site
-from server.body_service import BodyService, issue_token
-from shared.config import DataConfig, FederationConfig, OptimConfig, model_preset
-from shared.fedavg import fedavg
-from shared.model.body import Body
-from shared.model.pipeline import staleness_lr_scale
-from shared.tasks import primary_metric
-from shared.train.task_model import TaskModel
-from simulations.report import machine_line, publish
+from festa.client.body_client import RemoteBodyLink
+from festa.client.local_training import evaluate_site, train_round
+from festa.client.site_data import SiteData, simulated_site
+from festa.server.body_service import BodyService, issue_token
+from festa.shared.config import DataConfig, FederationConfig, OptimConfig, model_preset
+from festa.shared.fedavg import fedavg
+from festa.shared.model.body import Body
+from festa.shared.model.pipeline import staleness_lr_scale
+from festa.shared.tasks import primary_metric
+from festa.shared.train.task_model import TaskModel
+from festa.simulations.report import machine_line, publish
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = b"bench-wan-secret"
@@ -100,7 +100,7 @@ def wan_proxy(target_port: int, rtt_ms: float, rate_mbit: float) -> Iterator[str
     """One `python -m simulations.netem` subprocess in front of the body service; yields the
     address a site dials."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "simulations.netem", "--listen", "127.0.0.1:0"]
+        [sys.executable, "-m", "festa.simulations.netem", "--listen", "127.0.0.1:0"]
         + ["--target", f"127.0.0.1:{target_port}", "--rtt-ms", str(rtt_ms)]
         + ["--rate-mbit", str(rate_mbit)],
         cwd=REPO,

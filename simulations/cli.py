@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from shared.config import ConfigError, FederationConfig, load_toml, model_preset, validate
+from festa.shared.config import ConfigError, FederationConfig, load_toml, model_preset, validate
 
 app = typer.Typer(add_completion=False)
 console = Console()
@@ -105,7 +105,7 @@ def simulate(
         console.print("[red]error:[/] --resume needs --out pointing at the run to continue")
         raise typer.Exit(2)
     out = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    from simulations.simulate import run_simulation
+    from festa.simulations.simulate import run_simulation
 
     summary = run_simulation(cfg, out, resume=resume, store_path=store, console=console)
     console.print(f"final metrics: {summary['final']}")

@@ -25,8 +25,8 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from server.console import ConsoleServer
-from server.store import RunStore
+from festa.server.console import ConsoleServer
+from festa.server.store import RunStore
 
 app = typer.Typer(add_completion=False)
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from rich.console import Console
 
-from shared.config import FederationConfig
-from shared.runinfo import write_json
+from festa.shared.config import FederationConfig
+from festa.shared.runinfo import write_json
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,10 @@ def run_simulation(
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     from flwr.simulation import run_simulation as flwr_run_simulation
 
-    from client.flower_app import app as client_app
-    from client.site_data import federation_plan
-    from server.flower_app import make_server_app
-    from server.report import write_report
+    from festa.client.flower_app import app as client_app
+    from festa.client.site_data import federation_plan
+    from festa.server.flower_app import make_server_app
+    from festa.server.report import write_report
 
     console = console or Console()
     out = Path(out_dir)
@@ -54,7 +54,7 @@ def run_simulation(
     }
     store = None
     if store_path is not None:
-        from server.store import RunStore
+        from festa.server.store import RunStore
 
         Path(store_path).parent.mkdir(parents=True, exist_ok=True)
         store = RunStore(store_path)

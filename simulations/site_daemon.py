@@ -24,12 +24,12 @@ from rich.console import Console
 from rich.table import Table
 from skimage.transform import resize
 
-from client.service.auto import calibration_degrade, estimate
-from client.service.config import FoldersConfig, RestoreConfig, SiteConfig, WatchConfig
-from client.service.daemon import SiteService
-from shared.data.imageio import read_image
-from shared.data.phantoms import phantom_images
-from shared.runinfo import environment_info
+from festa.client.service.auto import calibration_degrade, estimate
+from festa.client.service.config import FoldersConfig, RestoreConfig, SiteConfig, WatchConfig
+from festa.client.service.daemon import SiteService
+from festa.shared.data.imageio import read_image
+from festa.shared.data.phantoms import phantom_images
+from festa.shared.runinfo import environment_info
 
 REPO = Path(__file__).resolve().parents[1]
 console = Console()

@@ -23,15 +23,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from client.restoration import solvers
-from client.restoration.errors import (
+from festa.client.restoration import solvers
+from festa.client.restoration.errors import (
     DegradationSpecError,
     ModelDirError,
     RestorationInputError,
     UnsupportedMethodError,
 )
-from client.restoration.models import Bridge, bridge_specs, load_bridge, load_prior
-from client.restoration.operators import Degradation, parse_spec
+from festa.client.restoration.models import Bridge, bridge_specs, load_bridge, load_prior
+from festa.client.restoration.operators import Degradation, parse_spec
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

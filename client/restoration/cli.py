@@ -11,9 +11,9 @@ import numpy as np
 import typer
 from rich.console import Console
 
-from client.restoration.errors import RestorationError
-from client.restoration.operators import __doc__ as OPERATORS_DOC
-from client.restoration.operators import parse_spec
+from festa.client.restoration.errors import RestorationError
+from festa.client.restoration.operators import __doc__ as OPERATORS_DOC
+from festa.client.restoration.operators import parse_spec
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -37,7 +37,7 @@ console = Console(stderr=True)
 
 
 def _train_config(steps: int, batch: int, lr: float, seed: int, threads: int):
-    from client.restoration.training import TrainConfig
+    from festa.client.restoration.training import TrainConfig
 
     return TrainConfig(
         steps=steps,
@@ -71,7 +71,7 @@ def train_prior_cmd(
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from checkpoint.pt."),
 ) -> None:
     """Train a 1-channel DDPM image prior (UNet2DModel, EMA weights, resumable)."""
-    from client.restoration.training import train_prior
+    from festa.client.restoration.training import train_prior
 
     losses = train_prior(
         data, size, out, _train_config(steps, batch, lr, seed, threads), preset, resume
@@ -93,7 +93,7 @@ def train_kernel_prior_cmd(
     resume: bool = typer.Option(True, "--resume/--no-resume"),
 ) -> None:
     """Train the BlindDPS kernel prior on synthetic Gaussian and motion kernels."""
-    from client.restoration.training import train_kernel_prior
+    from festa.client.restoration.training import train_kernel_prior
 
     losses = train_kernel_prior(out, _train_config(steps, batch, lr, seed, threads), size, resume)
     console.print(
@@ -119,7 +119,7 @@ def train_bridge_cmd(
     resume: bool = typer.Option(True, "--resume/--no-resume"),
 ) -> None:
     """Train a CDDB bridge on pairs made by degrading clean images with SPEC."""
-    from client.restoration.training import train_bridge
+    from festa.client.restoration.training import train_bridge
 
     deg = _parse_or_exit(degradation)
     losses = train_bridge(
@@ -177,8 +177,8 @@ def run_cmd(
     import torch
     from rich.progress import Progress
 
-    from client.restoration.api import Restorer
-    from shared.data.imageio import ImageReadError, read_image
+    from festa.client.restoration.api import Restorer
+    from festa.shared.data.imageio import ImageReadError, read_image
 
     torch.set_num_threads(threads)
     _parse_or_exit(degradation)
@@ -238,7 +238,7 @@ def _parse_or_exit(spec: str):
 
 def _register_site_daemon() -> None:
     """`festa restore serve`: the site daemon lives in `client.service` and adds itself here."""
-    from client.service.cli import register
+    from festa.client.service.cli import register
 
     register(app)
 

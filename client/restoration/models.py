@@ -20,9 +20,9 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.utils import logging as diffusers_logging
 
-from client.restoration.bridge import BridgeSchedule
-from client.restoration.errors import ModelDirError
-from client.restoration.operators import parse_spec
+from festa.client.restoration.bridge import BridgeSchedule
+from festa.client.restoration.errors import ModelDirError
+from festa.client.restoration.operators import parse_spec
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 diffusers_logging.set_verbosity_error()

@@ -36,7 +36,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from client.restoration.errors import DegradationSpecError
+from festa.client.restoration.errors import DegradationSpecError
 
 DEFAULT_KERNEL_GRID = 16  # kernel side used by blind blur and the kernel prior
 

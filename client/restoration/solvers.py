@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from client.restoration.models import Bridge, DiffusionPrior
-from client.restoration.operators import Degradation
-from client.restoration.training import kernel_from_model
+from festa.client.restoration.models import Bridge, DiffusionPrior
+from festa.client.restoration.operators import Degradation
+from festa.client.restoration.training import kernel_from_model
 
 # Default step sizes, tuned by hand on two 64-px phantoms of seed 999 (not the benchmark's 12345)
 # with the committed phantom64 weights: DPS zeta = 1 at 1000 steps, sqrt-scaled for fewer.

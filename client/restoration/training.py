@@ -36,9 +36,9 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from client.restoration.bridge import BridgeSchedule
-from client.restoration.errors import TrainingDivergedError
-from client.restoration.operators import DEFAULT_KERNEL_GRID, Degradation, random_kernel
+from festa.client.restoration.bridge import BridgeSchedule
+from festa.client.restoration.errors import TrainingDivergedError
+from festa.client.restoration.operators import DEFAULT_KERNEL_GRID, Degradation, random_kernel
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -211,10 +211,10 @@ def _ddpm_loss(sched: DDPMScheduler) -> LossFn:
 def load_images(data: str, size: int, n_phantoms: int = 2000, seed: int = 0) -> np.ndarray:
     """Clean training images ``[N, size, size]`` in [0, 1]: ``phantoms`` or a folder of images."""
     if data == "phantoms":
-        from shared.data.phantoms import phantom_images
+        from festa.shared.data.phantoms import phantom_images
 
         return phantom_images(n_phantoms, size=size, seed=seed)
-    from shared.data.imageio import ImageReadError, read_image
+    from festa.shared.data.imageio import ImageReadError, read_image
 
     paths = sorted(
         p for p in Path(data).rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".dcm"}

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse
 
-from client.service.daemon import SiteService
+from festa.client.service.daemon import SiteService
 
 API_KEY_HEADER = "X-API-Key"
 

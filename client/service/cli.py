@@ -17,8 +17,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from client.service.config import load_site_config
-from shared.config import ConfigError
+from festa.client.service.config import load_site_config
+from festa.shared.config import ConfigError
 
 err = Console(stderr=True)
 
@@ -57,7 +57,7 @@ def serve(
         raise typer.Exit(2) from exc
     config.folders.state.mkdir(parents=True, exist_ok=True)
     _setup_logging(config.folders.state / "service.log")
-    from client.service.daemon import SiteService  # heavy imports after the config is known good
+    from festa.client.service.daemon import SiteService  # heavy imports after the config is known good
 
     try:
         service = SiteService(config)
@@ -73,7 +73,7 @@ def serve(
         return
     import uvicorn
 
-    from client.service.api import create_app
+    from festa.client.service.api import create_app
 
     server = _uvicorn_server_class()(
         uvicorn.Config(

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from shared.config import ConfigError, FestaModel, load_toml
+from festa.shared.config import ConfigError, FestaModel, load_toml
 
 SPEC_PATTERN = re.compile(r"^[a-z]+(:[A-Za-z0-9_.=,:-]+)?(\+[a-z]+(:[A-Za-z0-9_.=,:-]+)?)*$")
 """Shape of a degradation SPEC (`noise:poisson:dose=2000,read=0.01+blur:gauss:sigma=2`);

@@ -28,10 +28,10 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from client.service.auto import estimate
-from client.service.config import SiteConfig
-from client.service.journal import Job, Journal
-from client.service.storage import (
+from festa.client.service.auto import estimate
+from festa.client.service.config import SiteConfig
+from festa.client.service.journal import Job, Journal
+from festa.client.service.storage import (
     atomic_write_bytes,
     atomic_write_json,
     png16_bytes,
@@ -39,8 +39,8 @@ from client.service.storage import (
     sha256_bytes,
     sha256_file,
 )
-from shared.config import ConfigError
-from shared.data.imageio import ImageReadError, is_dicom, read_dicom_meta, read_image
+from festa.shared.config import ConfigError
+from festa.shared.data.imageio import ImageReadError, is_dicom, read_dicom_meta, read_image
 
 log = logging.getLogger("festa.site")
 
@@ -98,7 +98,7 @@ def model_image_size(model_dir: Path) -> int:
 
 def default_restorer_factory(config: SiteConfig) -> RestorerFactory:
     """Build the restoration engine's Restorer once per method (imported lazily: torch)."""
-    from client.restoration.api import Restorer
+    from festa.client.restoration.api import Restorer
 
     cache: dict[str, RestorerLike] = {}
     rc = config.restore
@@ -353,7 +353,7 @@ class SiteService:
 
     def _upscale(self, spec: str) -> int:
         """How many times larger the restoration is than the observation (F for `sr:F`)."""
-        from client.restoration.operators import parse_spec
+        from festa.client.restoration.operators import parse_spec
 
         side = parse_spec(spec).operator.input_hw((self.image_size, self.image_size))[0]
         return max(1, side // self.image_size)

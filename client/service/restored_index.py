@@ -17,8 +17,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from client.service.journal import JOURNAL_NAME, connect, counts, row_to_job
-from client.service.storage import sha256_file
+from festa.client.service.journal import JOURNAL_NAME, connect, counts, row_to_job
+from festa.client.service.storage import sha256_file
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 

@@ -1,7 +1,7 @@
 """The gRPC body service: the shared transformer body, served to clients per round."""
 
-from server.body_service.service import BodyService, RoundReport, TlsFiles
-from server.body_service.tokens import (
+from festa.server.body_service.service import BodyService, RoundReport, TlsFiles
+from festa.server.body_service.tokens import (
     ExpiredTokenError,
     InvalidTokenError,
     TokenClaims,

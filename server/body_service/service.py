@@ -48,12 +48,12 @@ import grpc
 import torch
 from torch import nn
 
-from server.body_service.convert import from_proto, to_proto
-from server.body_service.engine import BodyEngine, ForwardState, RoundClosedError
-from server.body_service.proto import body_pb2, body_pb2_grpc
-from server.body_service.tokens import InvalidTokenError, verify_token
-from shared.config import ModelConfig
-from shared.wire import TokenLimits, WireFormatError, decode, encode
+from festa.shared.wire.messages import from_proto, to_proto
+from festa.server.body_service.engine import BodyEngine, ForwardState, RoundClosedError
+from festa.shared.wire.proto import body_pb2, body_pb2_grpc
+from festa.server.body_service.tokens import InvalidTokenError, verify_token
+from festa.shared.config import ModelConfig
+from festa.shared.wire import TokenLimits, WireFormatError, decode, encode
 
 log = logging.getLogger("festa.body_service")
 

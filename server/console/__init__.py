@@ -1,5 +1,5 @@
 """The aggregation console: web page + JSON API (`app`), CLI views (`cli`), HTML export (`report`)."""
 
-from server.console.app import ConsoleBindError, ConsoleServer, check_bind, create_app
+from festa.server.console.app import ConsoleBindError, ConsoleServer, check_bind, create_app
 
 __all__ = ["ConsoleBindError", "ConsoleServer", "check_bind", "create_app"]

@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from server.store import SCHEMA_VERSION, InvalidValueError, RunStore, StoreError, UnknownRunError
+from festa.server.store import SCHEMA_VERSION, InvalidValueError, RunStore, StoreError, UnknownRunError
 
 ADMIN_HEADER = "X-Festa-Admin-Token"
 
@@ -37,7 +37,7 @@ class ConsoleBindError(RuntimeError):
 
 def page_html() -> str:
     """The console page (HTML, CSS and JS inline; nothing fetched from elsewhere)."""
-    return resources.files("server.console").joinpath("page.html").read_text(encoding="utf-8")
+    return resources.files("festa.server.console").joinpath("page.html").read_text(encoding="utf-8")
 
 
 LOOPBACK_HOSTS = ["localhost", "127.0.0.1", "[::1]", "::1"]

@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from server.console.formatting import duration, human_bytes, utc
-from server.store import DEFAULT_STORE_PATH, RunStore, StoreError
+from festa.server.console.formatting import duration, human_bytes, utc
+from festa.server.store import DEFAULT_STORE_PATH, RunStore, StoreError
 
 app = typer.Typer(help="Watch and steer federated runs: web console, terminal views, reports.")
 out = Console()
@@ -108,7 +108,7 @@ def serve(
     """Serve the web console (page at /, JSON API at /api, OpenAPI docs at /docs)."""
     import uvicorn
 
-    from server.console.app import ConsoleBindError, check_bind, create_app, hosts_for
+    from festa.server.console.app import ConsoleBindError, check_bind, create_app, hosts_for
 
     try:
         warning = check_bind(host, admin_token)
@@ -306,7 +306,7 @@ def export(
     store: StoreOpt = str(DEFAULT_STORE_PATH),
 ) -> None:
     """Write a self-contained HTML report of a run (tables + inline SVG plots)."""
-    from server.console.report import export_report
+    from festa.server.console.report import export_report
 
     run_id, path = _view(store, run, lambda st, rid: export_report(st, rid, out_path))
     err.print(f"report of run #{run_id} written to {path}")

@@ -14,8 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend chosen first)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from server.console.formatting import duration, human_bytes, utc  # noqa: E402
-from server.store import RunStore  # noqa: E402
+from festa.server.console.formatting import duration, human_bytes, utc  # noqa: E402
+from festa.server.store import RunStore  # noqa: E402
 
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;color:#1d2733;max-width:1100px;margin:24px auto;padding:0 16px}

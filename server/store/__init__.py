@@ -18,7 +18,7 @@ clients(id), client_rounds(id), task_metrics(id), restoration(id), restoration_s
 body_throughput(id), events(id), checkpoints(id), snapshot(id), latest_run_id().
 """
 
-from server.store.runstore import (
+from festa.server.store.runstore import (
     ACTION_KINDS,
     DEFAULT_STORE_PATH,
     END_STATES,
@@ -30,7 +30,7 @@ from server.store.runstore import (
     UnknownRoundError,
     UnknownRunError,
 )
-from server.store.schema import SCHEMA_VERSION, SchemaTooNewError
+from festa.server.store.schema import SCHEMA_VERSION, SchemaTooNewError
 
 __all__ = [
     "ACTION_KINDS",

@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.pool import StaticPool
 
-from server.store import schema as s
+from festa.server.store import schema as s
 
 RUN_STATES = ("running", "finished", "failed", "stopped")
 END_STATES = ("finished", "failed", "stopped")

@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from shared.data.imageio import ImageReadError, read_image
-from shared.data.phantoms import BOX_CLASS_NAMES, CLASS_NAMES, make_phantom
+from festa.shared.data.imageio import ImageReadError, read_image
+from festa.shared.data.phantoms import BOX_CLASS_NAMES, CLASS_NAMES, make_phantom
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from shared.config import ModelConfig
+from festa.shared.config import ModelConfig
 
 
 class Body(nn.Module):

@@ -6,7 +6,7 @@ import torch
 from timm.layers import PatchEmbed
 from torch import nn
 
-from shared.config import ModelConfig
+from festa.shared.config import ModelConfig
 
 
 class Head(nn.Module):

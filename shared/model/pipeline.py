@@ -57,8 +57,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from shared.model.permutation import TokenPermutation
-from shared.model.split import LossFn, SplitStepResult
+from festa.shared.model.permutation import TokenPermutation
+from festa.shared.model.split import LossFn, SplitStepResult
 
 
 def staleness_lr_scale(depth: int, rule: str) -> float:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from shared.model.permutation import TokenPermutation
+from festa.shared.model.permutation import TokenPermutation
 
 
 class BodyLink(Protocol):

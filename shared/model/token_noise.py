@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from shared.model.split import BodyLink
+from festa.shared.model.split import BodyLink
 
 
 def add_token_noise(

@@ -4,8 +4,8 @@ Importing this package registers the built-in tasks. A new task is a new module 
 decorates a `Task` subclass with `@register_task("name")`; the body and the transport never change.
 """
 
-from shared.tasks import classification, detection, segmentation  # noqa: F401  (registers them)
-from shared.tasks.base import (
+from festa.shared.tasks import classification, detection, segmentation  # noqa: F401  (registers them)
+from festa.shared.tasks.base import (
     TASKS,
     MetricAccumulator,
     Task,

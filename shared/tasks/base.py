@@ -8,8 +8,8 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
-from shared.config import ModelConfig
-from shared.model.head import Head
+from festa.shared.config import ModelConfig
+from festa.shared.model.head import Head
 
 Batch = dict[str, Any]
 

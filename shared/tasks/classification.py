@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from shared.config import ModelConfig
-from shared.tasks.base import Batch, Task, register_task
+from festa.shared.config import ModelConfig
+from festa.shared.tasks.base import Batch, Task, register_task
 
 
 class ClassificationTail(nn.Module):

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms, sigmoid_focal_loss
 
-from shared.config import ModelConfig
-from shared.tasks.average_precision import mean_average_precision
-from shared.tasks.base import Batch, Task, register_task, tokens_to_grid
+from festa.shared.config import ModelConfig
+from festa.shared.tasks.average_precision import mean_average_precision
+from festa.shared.tasks.base import Batch, Task, register_task, tokens_to_grid
 
 
 class DetectionTail(nn.Module):

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.config import ModelConfig
-from shared.tasks.base import Batch, Task, register_task, tokens_to_grid
+from festa.shared.config import ModelConfig
+from festa.shared.tasks.base import Batch, Task, register_task, tokens_to_grid
 
 
 class SegmentationTail(nn.Module):

@@ -15,11 +15,11 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from shared.config import CentralConfig
-from shared.data.datasets import load_dataset
-from shared.model.body import Body
-from shared.runinfo import append_jsonl, environment_info, seed_everything, write_json
-from shared.train.task_model import TaskModel, evaluate, make_loader, task_indices, to_device
+from festa.shared.config import CentralConfig
+from festa.shared.data.datasets import load_dataset
+from festa.shared.model.body import Body
+from festa.shared.runinfo import append_jsonl, environment_info, seed_everything, write_json
+from festa.shared.train.task_model import TaskModel, evaluate, make_loader, task_indices, to_device
 
 
 def train_central(

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from shared.config import ModelConfig
-from shared.data.datasets import CXRDataset, collate
-from shared.tasks import Task, get_task
+from festa.shared.config import ModelConfig
+from festa.shared.data.datasets import CXRDataset, collate
+from festa.shared.tasks import Task, get_task
 
 BodyFn = Callable[[torch.Tensor], torch.Tensor]
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from client.body_client import RemoteBodyLink
-from client.local_training import train_round
-from client.site_data import simulated_site
-from server.body_service import BodyService, issue_token
-from shared.config import DataConfig, FederationConfig, ModelConfig
-from shared.model.body import Body
-from shared.model.split import LocalBodyLink
-from shared.train.task_model import TaskModel
+from festa.client.body_client import RemoteBodyLink
+from festa.client.local_training import train_round
+from festa.client.site_data import simulated_site
+from festa.server.body_service import BodyService, issue_token
+from festa.shared.config import DataConfig, FederationConfig, ModelConfig
+from festa.shared.model.body import Body
+from festa.shared.model.split import LocalBodyLink
+from festa.shared.train.task_model import TaskModel
 
 CFG = FederationConfig(
     model=ModelConfig(image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2),

@@ -3,10 +3,10 @@
 import numpy as np
 import torch
 
-from client.restored_data import site_scanner, with_scanner
-from client.site_data import SiteData
-from shared.config import FederationConfig
-from shared.data.datasets import phantom_dataset
+from festa.client.restored_data import site_scanner, with_scanner
+from festa.client.site_data import SiteData
+from festa.shared.config import FederationConfig
+from festa.shared.data.datasets import phantom_dataset
 
 
 def _site(n=6):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from server import certs
-from shared.deploy import free_port
+from festa.server import certs
+from festa.shared.deploy import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SITES = {"site-a": "classification", "site-b": "segmentation", "site-c": "classification"}
@@ -54,7 +54,7 @@ def write_toml(path: Path, sections: dict[str, dict[str, object]]) -> Path:
 
 def festa(*args: str) -> list[str]:
     """argv for a `festa` sub-command of this checkout."""
-    return [sys.executable, "-m", "shared.cli", *args]
+    return [sys.executable, "-m", "festa.shared.cli", *args]
 
 
 @dataclass

@@ -10,12 +10,12 @@ import grpc
 import pytest
 import torch
 
-from client.body_client import BodyServiceError, RemoteBodyLink
-from server import certs
-from server.body_service import BodyService, issue_token
-from server.body_service.service import TlsFiles
-from shared.config import ModelConfig
-from shared.model.body import Body
+from festa.client.body_client import BodyServiceError, RemoteBodyLink
+from festa.server import certs
+from festa.server.body_service import BodyService, issue_token
+from festa.server.body_service.service import TlsFiles
+from festa.shared.config import ModelConfig
+from festa.shared.model.body import Body
 
 SECRET = b"deploy-test-secret"
 RUN = "run-tls"

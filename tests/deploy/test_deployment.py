@@ -13,9 +13,9 @@ import tomllib
 import httpx
 import pytest
 
-from client.deploy import SiteSettings, supernode_argv
-from server.deploy import toml_table
-from server.store import RunStore
+from festa.client.deploy import SiteSettings, supernode_argv
+from festa.server.deploy import toml_table
+from festa.server.store import RunStore
 from tests.deploy.conftest import REPO, SITES, Deployment, festa, free_port, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]

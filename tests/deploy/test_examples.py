@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from client.deploy import SiteSettings
-from server.deploy import ServerSettings
+from festa.client.deploy import SiteSettings
+from festa.server.deploy import ServerSettings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from client.cli import app as client_app
-from server.cli import app as server_app
+from festa.client.cli import app as client_app
+from festa.server.cli import app as server_app
 from tests.deploy.conftest import make_certs, write_toml
 
 runner = CliRunner()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from server.store import RunStore
+from festa.server.store import RunStore
 
 SITES = {
     "site-a": "classification",

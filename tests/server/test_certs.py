@@ -14,8 +14,8 @@ from flwr.cli.supernode.register import try_load_public_key
 from flwr.supercore.primitives.asymmetric import uses_nist_ec_curve
 from typer.testing import CliRunner
 
-from server import certs
-from server.certs_cli import app
+from festa.server import certs
+from festa.server.certs_cli import app
 
 runner = CliRunner()
 

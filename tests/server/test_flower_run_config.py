@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from server.flower_app import config_from_run_config
-from shared.config import ConfigError, FederationConfig
+from festa.server.flower_app import config_from_run_config
+from festa.shared.config import ConfigError, FederationConfig
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from flwr.common.config import flatten_dict
 
-from server.flower_app import body_tls, config_from_run_config
+from festa.server.flower_app import body_tls, config_from_run_config
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 

@@ -11,7 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from shared.supervise import Child, Supervisor
+from festa.shared.supervise import Child, Supervisor
 
 
 def _alive(pid: int) -> bool:
@@ -48,7 +48,7 @@ def test_sigterm_stops_every_child_and_its_children(tmp_path: Path) -> None:
         f"""
         import sys
         from pathlib import Path
-        from shared.supervise import Child, Supervisor
+        from festa.shared.supervise import Child, Supervisor
         grandchild = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); time.sleep(300)"
         children = [Child(f"c{{i}}", [sys.executable, "-c", grandchild], Path({str(tmp_path)!r}) / f"c{{i}}.log") for i in range(2)]
         Supervisor(children).start().run()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from shared.wire import (
+from festa.shared.wire import (
     WIRE_DTYPES,
     BatchTooLarge,
     MessageTooLarge,

@@ -10,12 +10,12 @@ import pytest
 import torch
 from rich.progress import Progress
 
-from shared.config import FederationConfig, ModelConfig
-from shared.data.datasets import phantom_dataset
-from shared.model import Body
-from shared.tasks import get_task
-from shared.train.task_model import TaskModel
-from simulations.bench_privacy import (
+from festa.shared.config import FederationConfig, ModelConfig
+from festa.shared.data.datasets import phantom_dataset
+from festa.shared.model import Body
+from festa.shared.tasks import get_task
+from festa.shared.train.task_model import TaskModel
+from festa.simulations.bench_privacy import (
     Trained,
     _images,
     cluster_gradients,

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from shared.config import ModelConfig, model_preset
-from shared.model.body import Body
-from simulations.bench_scaling import (
+from festa.shared.config import ModelConfig, model_preset
+from festa.shared.model.body import Body
+from festa.simulations.bench_scaling import (
     _peak_rss_bytes,
     _rss_bytes,
     body_flops_per_token,

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from server.body_service import BodyService, issue_token
-from shared.config import ModelConfig
-from shared.model.body import Body
-from simulations.netem import WanLink
+from festa.server.body_service import BodyService, issue_token
+from festa.shared.config import ModelConfig
+from festa.shared.model.body import Body
+from festa.simulations.netem import WanLink
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -112,7 +112,7 @@ def test_stop_closes_the_listener_and_open_connections(echo_server):
 
 
 def test_a_body_service_step_runs_over_the_link():
-    from client.body_client import RemoteBodyLink
+    from festa.client.body_client import RemoteBodyLink
 
     config = ModelConfig(image_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
     torch.manual_seed(0)
@@ -136,7 +136,7 @@ def test_the_cli_proxies_until_stopped(echo_server):
         port = probe.getsockname()[1]
     host, target_port = echo_server
     proc = subprocess.Popen(
-        [sys.executable, "-m", "simulations.netem", "--listen", f"127.0.0.1:{port}"]
+        [sys.executable, "-m", "festa.simulations.netem", "--listen", f"127.0.0.1:{port}"]
         + ["--target", f"{host}:{target_port}", "--rtt-ms", "5", "--rate-mbit", "100"],
         cwd=REPO,
         stderr=subprocess.PIPE,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from shared.fedavg import fedavg
+from festa.shared.fedavg import fedavg
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,7 +51,7 @@ def simulate_cmd(config: Path, out: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "shared.cli",
+        "festa.shared.cli",
         "simulate",
         "--config",
         str(config),
@@ -123,7 +123,7 @@ def test_federation_learns_averages_within_tasks_and_survives_a_vanishing_client
     assert len(json.loads((out / "partition.json").read_text())) == 4
 
     # The run store (what the console shows) agrees with the run's own record.
-    from server.store import RunStore
+    from festa.server.store import RunStore
 
     store = RunStore(tmp_path / "run.db")
     run_id = store.latest_run_id()

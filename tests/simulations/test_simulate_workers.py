@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flwr.server.superlink.fleet.vce import vce_api
 
-from simulations.simulate import _workers_for_every_client
+from festa.simulations.simulate import _workers_for_every_client
 
 
 def test_engine_pool_gets_one_thread_per_client_and_is_restored() -> None:

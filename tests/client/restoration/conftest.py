@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from client.restoration.operators import parse_spec
-from client.restoration.training import TrainConfig, train_bridge, train_kernel_prior, train_prior
+from festa.client.restoration.operators import parse_spec
+from festa.client.restoration.training import TrainConfig, train_bridge, train_kernel_prior, train_prior
 
 TINY_BRIDGE_SPEC = "blur:gauss:sigma=1+noise:gauss:sigma=0.01"
 

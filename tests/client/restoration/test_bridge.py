@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from client.restoration.bridge import BridgeSchedule
+from festa.client.restoration.bridge import BridgeSchedule
 
 
 def test_bridge_marginals_are_finite_and_hit_their_endpoints() -> None:

@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 
-from client.restoration.cli import app
-from shared.data.phantoms import phantom_images
+from festa.client.restoration.cli import app
+from festa.shared.data.phantoms import phantom_images
 from tests.client.restoration.conftest import TINY_BRIDGE_SPEC
 
 

@@ -6,8 +6,8 @@ import deepinv as dinv
 import pytest
 import torch
 
-from client.restoration.errors import DegradationSpecError
-from client.restoration.operators import (
+from festa.client.restoration.errors import DegradationSpecError
+from festa.client.restoration.operators import (
     Blur,
     Downsample,
     bicubic_filter,

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from client.restoration import solvers
-from client.restoration.api import Restorer
-from client.restoration.errors import ModelDirError, RestorationInputError, UnsupportedMethodError
-from client.restoration.models import load_bridge, load_prior
-from client.restoration.operators import parse_spec
-from shared.data.phantoms import phantom_images
+from festa.client.restoration import solvers
+from festa.client.restoration.api import Restorer
+from festa.client.restoration.errors import ModelDirError, RestorationInputError, UnsupportedMethodError
+from festa.client.restoration.models import load_bridge, load_prior
+from festa.client.restoration.operators import parse_spec
+from festa.shared.data.phantoms import phantom_images
 from tests.client.restoration.conftest import TINY_BRIDGE_SPEC
 
 BLUR = "blur:gauss:sigma=1+noise:gauss:sigma=0.01"

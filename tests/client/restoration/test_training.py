@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from diffusers import DDPMPipeline, UNet2DModel
 
-from client.restoration.training import TrainConfig, train_prior
+from festa.client.restoration.training import TrainConfig, train_prior
 from tests.client.restoration.conftest import TINY_BRIDGE_SPEC
 
 
@@ -55,8 +55,8 @@ def test_a_diverging_loss_stops_training_with_a_typed_error(tmp_path: Path) -> N
     import numpy as np
     import pytest
 
-    from client.restoration.errors import TrainingDivergedError
-    from client.restoration.training import build_unet, train_loop
+    from festa.client.restoration.errors import TrainingDivergedError
+    from festa.client.restoration.training import build_unet, train_loop
 
     def sample(batch: int, rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
         return torch.zeros(batch, 1, 16, 16)

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio
 
-from client.restoration.api import Restorer
-from client.restoration.operators import parse_spec
-from shared.data.phantoms import phantom_images
+from festa.client.restoration.api import Restorer
+from festa.client.restoration.operators import parse_spec
+from festa.shared.data.phantoms import phantom_images
 
 WEIGHTS = Path(__file__).resolve().parents[3] / "client" / "restoration" / "weights" / "phantom64"
 

@@ -19,7 +19,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from shared.data.phantoms import phantom_images
+from festa.shared.data.phantoms import phantom_images
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 PHANTOM64 = REPO_ROOT / "client" / "restoration" / "weights" / "phantom64"
@@ -31,7 +31,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny 32-px DPS prior trained here with the restoration engine's own API (a few steps:
     the daemon's behaviour, not image quality, is under test). The committed 64-px prior costs
     about 0.7 s per step per image on a CI core, too slow for crash tests that need many steps."""
-    from client.restoration.training import TrainConfig, train_prior
+    from festa.client.restoration.training import TrainConfig, train_prior
 
     root = tmp_path_factory.mktemp("tiny-prior")
     train_prior("phantoms", 32, root / "prior", TrainConfig(steps=5, batch=4), preset="tiny")
@@ -40,7 +40,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def image_size(model_dir: Path) -> int:
-    from client.service.daemon import model_image_size
+    from festa.client.service.daemon import model_image_size
 
     return model_image_size(model_dir)
 
@@ -113,7 +113,7 @@ class Daemon:
         }
         with open(self.out, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "client.service.cli", "serve", "--site", str(self.toml)],
+                [sys.executable, "-m", "festa.client.service.cli", "serve", "--site", str(self.toml)],
                 cwd=REPO_ROOT,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from skimage.transform import resize
 
-from client.restoration.operators import parse_spec
-from client.service.auto import AutoEstimate, calibration_degrade, estimate
-from shared.data.imageio import read_image
+from festa.client.restoration.operators import parse_spec
+from festa.client.service.auto import AutoEstimate, calibration_degrade, estimate
+from festa.shared.data.imageio import read_image
 
 
 @pytest.fixture(scope="module")

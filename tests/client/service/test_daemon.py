@@ -16,8 +16,8 @@ import pydicom
 import pytest
 from PIL import Image
 
-from client.service.restored_index import RestoredIndex
-from shared.data.phantoms import phantom_images
+from festa.client.service.restored_index import RestoredIndex
+from festa.shared.data.phantoms import phantom_images
 
 from .conftest import (
     API_KEY,
@@ -204,7 +204,7 @@ def test_daemon_restores_good_files_quarantines_bad_ones_and_serves_the_api(
 def test_refuses_to_start_beyond_localhost_without_a_key(tmp_path: Path, model_dir: Path) -> None:
     toml = write_site(tmp_path, model_dir, http={"enabled": True, "host": "0.0.0.0", "port": 1})
     done = subprocess.run(
-        [sys.executable, "-m", "client.service.cli", "serve", "--site", str(toml)],
+        [sys.executable, "-m", "festa.client.service.cli", "serve", "--site", str(toml)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -11,13 +11,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from client.restoration.operators import parse_spec
-from client.service.cli import app
-from client.service.config import load_site_config
-from client.service.daemon import SiteService
-from client.service.restored_index import RestoredIndex, RestoredIndexError
-from shared.config import ConfigError
-from shared.data.phantoms import phantom_images
+from festa.client.restoration.operators import parse_spec
+from festa.client.service.cli import app
+from festa.client.service.config import load_site_config
+from festa.client.service.daemon import SiteService
+from festa.client.service.restored_index import RestoredIndex, RestoredIndexError
+from festa.shared.config import ConfigError
+from festa.shared.data.phantoms import phantom_images
 
 from .conftest import PHANTOM64, good_pngs, png_bytes, sha256, write_site
 
@@ -227,7 +227,7 @@ def test_api_refuses_oversized_uploads_and_reports_pending_jobs(
 ) -> None:
     from fastapi.testclient import TestClient
 
-    from client.service.api import create_app
+    from festa.client.service.api import create_app
 
     toml = write_site(tmp_path, model_dir, http={"max_upload_mb": 0.01})  # 10 KiB
     service = SiteService(load_site_config(toml))

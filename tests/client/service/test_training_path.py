@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from client.restored_data import from_site_daemon
-from client.service.config import load_site_config
-from client.service.daemon import SiteService
-from client.service.restored_index import RestoredIndex
-from client.site_data import deployed_site
-from shared.data.datasets import resize
-from shared.data.imageio import read_image
-from shared.data.phantoms import phantom_images
+from festa.client.restored_data import from_site_daemon
+from festa.client.service.config import load_site_config
+from festa.client.service.daemon import SiteService
+from festa.client.service.restored_index import RestoredIndex
+from festa.client.site_data import deployed_site
+from festa.shared.data.datasets import resize
+from festa.shared.data.imageio import read_image
+from festa.shared.data.phantoms import phantom_images
 
 from .conftest import png_bytes, sha256, write_site
 
@@ -41,7 +41,7 @@ def test_site_trains_on_restored_images_and_falls_back_with_a_reason(
         pass
 
     site = deployed_site("h1", "classification", str(data), image_size=32)
-    with caplog.at_level(logging.INFO, logger="client.restored_data"):
+    with caplog.at_level(logging.INFO, logger="festa.client.restored_data"):
         trained = from_site_daemon(site, service.config.folders.state, image_size=32)
 
     by_id = {s["id"]: s for s in trained.train.samples}

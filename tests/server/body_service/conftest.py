@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from server.body_service import BodyService, issue_token
-from shared.config import ModelConfig
-from shared.model.body import Body
-from shared.model.head import Head
+from festa.server.body_service import BodyService, issue_token
+from festa.shared.config import ModelConfig
+from festa.shared.model.body import Body
+from festa.shared.model.head import Head
 
 REPO_ROOT_FOR_SUBPROCESS = str(Path(__file__).resolve().parents[3])
 SECRET = b"test-secret-for-the-body-service"

@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from client.body_client import BodyServiceError, RemoteBodyLink
-from server.body_service import TlsFiles
-from server.body_service.proto import body_pb2_grpc
-from shared.model.split import LocalBodyLink
+from festa.client.body_client import BodyServiceError, RemoteBodyLink
+from festa.server.body_service import TlsFiles
+from festa.shared.wire.proto import body_pb2_grpc
+from festa.shared.model.split import LocalBodyLink
 
 from .conftest import run_concurrently, token
 
@@ -155,7 +155,7 @@ def _self_signed(tmp_path) -> tuple[TlsFiles, bytes]:
 
 
 def test_tls_serves_a_client_that_trusts_the_certificate_only(body, config, tmp_path):
-    from server.body_service import BodyService
+    from festa.server.body_service import BodyService
 
     from .conftest import RUN_ID, SECRET
 
@@ -207,7 +207,7 @@ def test_a_stream_that_never_says_hello_times_out(start_service):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_body_with_bf16_autocast_matches_the_cpu_body(body, config):
-    from server.body_service import BodyService
+    from festa.server.body_service import BodyService
 
     from .conftest import RUN_ID, SECRET
 

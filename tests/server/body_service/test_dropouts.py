@@ -9,7 +9,7 @@ import grpc
 import pytest
 import torch
 
-from client.body_client import BodyServiceError, RemoteBodyLink
+from festa.client.body_client import BodyServiceError, RemoteBodyLink
 
 from .conftest import run_concurrently, start_client_process, token
 
@@ -30,7 +30,7 @@ def _train(target: str, node: str, round_id: int, steps: int, seed: int) -> list
 GHOST = textwrap.dedent(
     """
     import sys, time, torch
-    from client.body_client import RemoteBodyLink
+    from festa.client.body_client import RemoteBodyLink
     target, tok = sys.argv[1], sys.argv[2]
     link = RemoteBodyLink(target, tok).open()
     out = link.forward(torch.randn(2, 16, 32))

@@ -6,8 +6,8 @@ import copy
 
 import torch
 
-from client.body_client import RemoteBodyLink
-from shared.model.split import LocalBodyLink, split_train_step
+from festa.client.body_client import RemoteBodyLink
+from festa.shared.model.split import LocalBodyLink, split_train_step
 
 from .conftest import make_batch, make_head_tail, mse_loss, token
 

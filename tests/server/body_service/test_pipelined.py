@@ -9,14 +9,14 @@ import grpc
 import pytest
 import torch
 
-from client.body_client import BodyServiceError, RemoteBodyLink
-from shared.config import FederationConfig
-from shared.model.pipeline import (
+from festa.client.body_client import BodyServiceError, RemoteBodyLink
+from festa.shared.config import FederationConfig
+from festa.shared.model.pipeline import (
     LocalPipelinedBodyLink,
     split_train_pipelined,
     staleness_lr_scale,
 )
-from shared.model.split import LocalBodyLink, split_train_step
+from festa.shared.model.split import LocalBodyLink, split_train_step
 
 from .conftest import (
     make_batch,
@@ -157,7 +157,7 @@ def test_more_forwards_in_flight_than_the_depth_are_refused(start_service, confi
 GHOST = textwrap.dedent(
     """
     import sys, time, torch
-    from client.body_client import RemoteBodyLink
+    from festa.client.body_client import RemoteBodyLink
     target, tok = sys.argv[1], sys.argv[2]
     link = RemoteBodyLink(target, tok).open()
     for step in range(3):

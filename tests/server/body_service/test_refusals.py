@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from client.body_client import BodyServiceError, RemoteBodyLink
-from server.body_service import issue_token
-from server.body_service.proto import body_pb2, body_pb2_grpc
-from shared.model.split import LocalBodyLink
+from festa.client.body_client import BodyServiceError, RemoteBodyLink
+from festa.server.body_service import issue_token
+from festa.shared.wire.proto import body_pb2, body_pb2_grpc
+from festa.shared.model.split import LocalBodyLink
 
 from .conftest import RUN_ID, SECRET, token
 

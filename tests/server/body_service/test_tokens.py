@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from server.body_service.tokens import (
+from festa.server.body_service.tokens import (
     ExpiredTokenError,
     InvalidTokenError,
     issue_token,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from client.body_client import RemoteBodyLink
-from shared.model.split import LocalBodyLink
-from shared.wire import WIRE_DTYPES
+from festa.client.body_client import RemoteBodyLink
+from festa.shared.model.split import LocalBodyLink
+from festa.shared.wire import WIRE_DTYPES
 
 from .conftest import token
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from server.store import RunStore
+from festa.server.store import RunStore
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -8,7 +8,7 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from server.console.app import (
+from festa.server.console.app import (
     LOOPBACK_HOSTS,
     ConsoleBindError,
     check_bind,

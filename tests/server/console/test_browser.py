@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.console import ConsoleServer
-from server.store import RunStore
+from festa.server.console import ConsoleServer
+from festa.server.store import RunStore
 
 WAIT_MS = 20_000
 

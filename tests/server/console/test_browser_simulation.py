@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from server.console import ConsoleServer
-from server.store import RunStore
+from festa.server.console import ConsoleServer
+from festa.server.store import RunStore
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -42,7 +42,7 @@ def test_console_shows_what_a_simulation_recorded(browser, page_checks, tmp_path
         [
             sys.executable,
             "-m",
-            "shared.cli",
+            "festa.shared.cli",
             "simulate",
             "--config",
             str(tmp_path / "cfg.toml"),

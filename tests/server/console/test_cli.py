@@ -16,8 +16,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from server.console.cli import app
-from server.store import RunStore
+from festa.server.console.cli import app
+from festa.server.store import RunStore
 
 runner = CliRunner()
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -135,7 +135,7 @@ def test_serve_in_its_own_process_follows_a_writing_process(store_path, demo_wri
     port = _free_port()
     env = os.environ | {"PYTHONPATH": str(REPO_ROOT)}
     env.pop("FESTA_CONSOLE_ADMIN_TOKEN", None)
-    cmd = [sys.executable, "-m", "server.console.cli", "serve", "--store", str(store_path)]
+    cmd = [sys.executable, "-m", "festa.server.console.cli", "serve", "--store", str(store_path)]
     proc = subprocess.Popen(
         [*cmd, "--port", str(port)], cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True
     )

@@ -1,6 +1,6 @@
 """Human-readable numbers used by the terminal views and the report."""
 
-from server.console.formatting import duration, human_bytes, utc
+from festa.server.console.formatting import duration, human_bytes, utc
 
 
 def test_bytes_scale_by_1024():

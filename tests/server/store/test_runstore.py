@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from server.store import (
+from festa.server.store import (
     SCHEMA_VERSION,
     InvalidValueError,
     RunStore,
@@ -21,7 +21,7 @@ from server.store import (
     UnknownRoundError,
     UnknownRunError,
 )
-from server.store import schema as s
+from festa.server.store import schema as s
 
 
 def test_run_lifecycle_round_trips(store_path, clock):
@@ -341,7 +341,7 @@ def test_memory_store_and_database_url(tmp_path):
 
 _WRITER = """
 import sys
-from server.store import RunStore
+from festa.server.store import RunStore
 store = RunStore(sys.argv[1])
 run_id = store.create_run("proc-" + sys.argv[2], {})
 for rnd in range(1, 31):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from shared.data.datasets import collate, folder_dataset, phantom_dataset
+from festa.shared.data.datasets import collate, folder_dataset, phantom_dataset
 
 
 def test_phantom_dataset_samples_and_collate():

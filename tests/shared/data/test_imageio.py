@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from shared.data.imageio import ImageReadError, is_dicom, read_dicom_meta, read_image
+from festa.shared.data.imageio import ImageReadError, is_dicom, read_dicom_meta, read_image
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from shared.data.partition import (
+from festa.shared.data.partition import (
     assign_tasks,
     dirichlet,
     natural,

@@ -1,6 +1,6 @@
 import numpy as np
 
-from shared.data.phantoms import BOX_CLASS_NAMES, CLASS_NAMES, LESION, make_phantom, phantom_images
+from festa.shared.data.phantoms import BOX_CLASS_NAMES, CLASS_NAMES, LESION, make_phantom, phantom_images
 
 
 def test_same_index_and_seed_give_the_same_phantom():

@@ -7,16 +7,16 @@ import copy
 import pytest
 import torch
 
-from shared.config import ModelConfig
-from shared.data.datasets import collate, phantom_dataset
-from shared.model import Body, LocalBodyLink, split_train_step
-from shared.model.pipeline import (
+from festa.shared.config import ModelConfig
+from festa.shared.data.datasets import collate, phantom_dataset
+from festa.shared.model import Body, LocalBodyLink, split_train_step
+from festa.shared.model.pipeline import (
     LocalPipelinedBodyLink,
     PipelineProtocolError,
     split_train_pipelined,
     staleness_lr_scale,
 )
-from shared.tasks import get_task
+from festa.shared.tasks import get_task
 
 CFG = ModelConfig(image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 LR = 1e-3

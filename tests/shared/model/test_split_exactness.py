@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 
-from shared.config import ModelConfig
-from shared.data.datasets import collate, phantom_dataset
-from shared.model import Body, LocalBodyLink, TokenPermutation, split_train_step
-from shared.tasks import TASKS, get_task
+from festa.shared.config import ModelConfig
+from festa.shared.data.datasets import collate, phantom_dataset
+from festa.shared.model import Body, LocalBodyLink, TokenPermutation, split_train_step
+from festa.shared.tasks import TASKS, get_task
 
 CFG = ModelConfig(image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 

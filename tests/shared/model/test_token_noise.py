@@ -10,14 +10,14 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from server.flower_app import config_from_run_config
-from shared.config import ConfigError, FederationConfig, ModelConfig, validate
-from shared.data.datasets import collate, phantom_dataset
-from shared.model import Body, LocalBodyLink, split_train_step
-from shared.model.pipeline import LocalPipelinedBodyLink
-from shared.model.token_noise import NoisyBodyLink, add_token_noise, with_token_noise
-from shared.tasks import get_task
-from simulations.cli import app as simulate_app
+from festa.server.flower_app import config_from_run_config
+from festa.shared.config import ConfigError, FederationConfig, ModelConfig, validate
+from festa.shared.data.datasets import collate, phantom_dataset
+from festa.shared.model import Body, LocalBodyLink, split_train_step
+from festa.shared.model.pipeline import LocalPipelinedBodyLink
+from festa.shared.model.token_noise import NoisyBodyLink, add_token_noise, with_token_noise
+from festa.shared.tasks import get_task
+from festa.simulations.cli import app as simulate_app
 
 CFG = ModelConfig(image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 
@@ -119,9 +119,9 @@ class PipelinedRecorder(LocalPipelinedBodyLink):
 def test_a_client_round_sends_noisy_tokens_for_training_and_evaluation(depth):
     """`train_round` / `evaluate_site` apply `cfg.token_noise` (how it reaches real clients),
     on the blocking and the pipelined (K micro-batches in flight) training paths."""
-    from client.local_training import evaluate_site, train_round
-    from client.site_data import simulated_site
-    from shared.train.task_model import TaskModel
+    from festa.client.local_training import evaluate_site, train_round
+    from festa.client.site_data import simulated_site
+    from festa.shared.train.task_model import TaskModel
 
     seen = {}
     for std in (0.0, 0.2):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from shared.tasks.average_precision import average_precision, box_iou, mean_average_precision
+from festa.shared.tasks.average_precision import average_precision, box_iou, mean_average_precision
 
 
 def test_box_iou():

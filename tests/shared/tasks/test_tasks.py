@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from shared.config import ModelConfig
-from shared.data.datasets import collate, phantom_dataset
-from shared.tasks import TASKS, get_task, register_task
-from shared.tasks.base import Task
+from festa.shared.config import ModelConfig
+from festa.shared.data.datasets import collate, phantom_dataset
+from festa.shared.tasks import TASKS, get_task, register_task
+from festa.shared.tasks.base import Task
 
 CFG = ModelConfig(image_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
 

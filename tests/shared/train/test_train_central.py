@@ -4,7 +4,7 @@ import json
 
 from typer.testing import CliRunner
 
-from shared.cli import app
+from festa.shared.cli import app
 
 
 def test_train_central_writes_its_record_and_learns(tmp_path):

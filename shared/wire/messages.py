@@ -1,9 +1,9 @@
-"""Copy `shared.wire.WireTensor` into and out of the body-service protobuf `Tensor`."""
+"""Copy `festa.shared.wire.WireTensor` into and out of the body-service protobuf `Tensor`."""
 
 from __future__ import annotations
 
-from server.body_service.proto import body_pb2
-from shared.wire import WireTensor
+from festa.shared.wire.proto import body_pb2
+from festa.shared.wire import WireTensor
 
 
 def to_proto(wire: WireTensor) -> body_pb2.Tensor:
@@ -14,7 +14,7 @@ def to_proto(wire: WireTensor) -> body_pb2.Tensor:
 
 
 def from_proto(message: body_pb2.Tensor) -> WireTensor:
-    """The codec's form of a received tensor (not yet validated: `shared.wire.decode` does that)."""
+    """The codec's form of a received tensor (not yet validated: `festa.shared.wire.decode` does that)."""
     return WireTensor(
         dtype=message.dtype,
         shape=tuple(int(s) for s in message.shape),

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from server.body_service.proto import body_pb2 as server_dot_body__service_dot_proto_dot_body__pb2
+from festa.shared.wire.proto import body_pb2 as festa_dot_shared_dot_wire_dot_proto_dot_body__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in server/body_service/proto/body_pb2_grpc.py depends on'
+        + ' but the generated code in festa/shared/wire/proto/body_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,8 +36,8 @@ class BodyServiceStub:
         """
         self.Session = channel.stream_stream(
                 '/festa.body.BodyService/Session',
-                request_serializer=server_dot_body__service_dot_proto_dot_body__pb2.ClientMessage.SerializeToString,
-                response_deserializer=server_dot_body__service_dot_proto_dot_body__pb2.ServerMessage.FromString,
+                request_serializer=festa_dot_shared_dot_wire_dot_proto_dot_body__pb2.ClientMessage.SerializeToString,
+                response_deserializer=festa_dot_shared_dot_wire_dot_proto_dot_body__pb2.ServerMessage.FromString,
                 _registered_method=True)
 
 
@@ -60,8 +60,8 @@ def add_BodyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Session': grpc.stream_stream_rpc_method_handler(
                     servicer.Session,
-                    request_deserializer=server_dot_body__service_dot_proto_dot_body__pb2.ClientMessage.FromString,
-                    response_serializer=server_dot_body__service_dot_proto_dot_body__pb2.ServerMessage.SerializeToString,
+                    request_deserializer=festa_dot_shared_dot_wire_dot_proto_dot_body__pb2.ClientMessage.FromString,
+                    response_serializer=festa_dot_shared_dot_wire_dot_proto_dot_body__pb2.ServerMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,8 +89,8 @@ class BodyService:
             request_iterator,
             target,
             '/festa.body.BodyService/Session',
-            server_dot_body__service_dot_proto_dot_body__pb2.ClientMessage.SerializeToString,
-            server_dot_body__service_dot_proto_dot_body__pb2.ServerMessage.FromString,
+            festa_dot_shared_dot_wire_dot_proto_dot_body__pb2.ClientMessage.SerializeToString,
+            festa_dot_shared_dot_wire_dot_proto_dot_body__pb2.ServerMessage.FromString,
             options,
             channel_credentials,
             insecure,
