@@ -10,23 +10,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from festa.client import deploy
-from festa.shared.deploy import settings_or_exit
+from festa.shared.deploy_cli import InsecureOpt, err, settings_or_exit
 from festa.shared.supervise import Child, Supervisor
 
 app = typer.Typer(help="Site side of a deployment: the SuperNode and the restoration daemon.")
-err = Console(stderr=True, soft_wrap=True)
 
 SiteOpt = Annotated[Path, typer.Option("--site", help="site TOML (see deploy/site-a.toml).")]
-InsecureOpt = Annotated[
-    bool, typer.Option("--insecure", help="No TLS, no node auth: loopback only.")
-]
 
 
 def _settings(site: Path, insecure: bool = False) -> deploy.SiteSettings:
-    return settings_or_exit(site, deploy.SiteSettings, err, "superlink", insecure)
+    return settings_or_exit(site, deploy.SiteSettings, "superlink", insecure)
 
 
 def children(s: deploy.SiteSettings) -> list[Child]:

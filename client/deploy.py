@@ -14,10 +14,8 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from festa.shared.config import ConfigError
+from festa.shared.config import ConfigError, check_task_names
 from festa.shared.deploy import DeployModel, require_files, require_loopback
-
-TASKS = ("classification", "segmentation", "detection")
 
 
 class SiteSection(DeployModel):
@@ -31,9 +29,7 @@ class SiteSection(DeployModel):
     @field_validator("task")
     @classmethod
     def _known_task(cls, v: str) -> str:
-        if v not in TASKS:
-            raise ValueError(f"must be one of {list(TASKS)}")
-        return v
+        return check_task_names([v])[0]
 
 
 class SuperLinkSection(DeployModel):

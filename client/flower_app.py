@@ -6,7 +6,6 @@ import logging
 from functools import lru_cache
 from pathlib import Path
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -15,12 +14,14 @@ from festa.client.local_training import evaluate_site, train_round
 from festa.client.restored_data import from_site_daemon, with_scanner
 from festa.client.site_data import SiteData, deployed_site, simulated_site
 from festa.shared.config import FederationConfig
+from festa.shared.runtime import configure_process
 from festa.shared.train.task_model import TaskModel
 
 log = logging.getLogger(__name__)
 app = ClientApp()
 
-torch.set_num_threads(1)  # many clients share few cores in simulation; one thread avoids thrashing
+# Many clients share few cores in simulation; one thread each avoids thrashing.
+configure_process(threads=1)
 
 
 @lru_cache(maxsize=8)

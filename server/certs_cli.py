@@ -16,9 +16,9 @@ import typer
 from rich.console import Console
 
 from festa.server import certs
+from festa.shared.deploy_cli import err
 
 app = typer.Typer(help="Private CA, TLS certificates and SuperNode keys for a festa deployment.")
-err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
 DirOpt = Annotated[Path, typer.Option("--dir", help="Certificate folder.")]

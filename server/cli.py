@@ -15,23 +15,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from festa.server import deploy
-from festa.shared.deploy import settings_or_exit
+from festa.shared.deploy_cli import InsecureOpt, err, settings_or_exit
 from festa.shared.supervise import Child, Supervisor
 
 app = typer.Typer(help="Server side of a deployment: SuperLink, console, node registration.")
-err = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", help="server.toml (see deploy/server.toml).")]
-InsecureOpt = Annotated[
-    bool, typer.Option("--insecure", help="No TLS, no node auth: loopback only.")
-]
 
 
 def _settings(config: Path, insecure: bool = False) -> deploy.ServerSettings:
-    return settings_or_exit(config, deploy.ServerSettings, err, "server", insecure)
+    return settings_or_exit(config, deploy.ServerSettings, "server", insecure)
 
 
 def wait_for_port(address: str, timeout_s: float = 60.0) -> None:

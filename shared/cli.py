@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
@@ -16,9 +15,16 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from festa.shared.config import CentralConfig, ConfigError, DataConfig, load_toml, model_preset, validate
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from festa.shared.config import (
+    CentralConfig,
+    ConfigError,
+    DataConfig,
+    check_task_names,
+    load_toml,
+    model_preset,
+    validate,
+)
+from festa.shared.runtime import configure_process
 
 app = typer.Typer(
     name="festa",
@@ -43,15 +49,11 @@ def _root(
         handler.setLevel(level)
 
 
-TASK_NAMES = ("classification", "segmentation", "detection")
-
-
 def _tasks(value: str) -> list[str]:
-    tasks = [t.strip() for t in value.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in TASK_NAMES]
-    if unknown or not tasks:
-        raise typer.BadParameter(f"unknown task(s) {unknown}; choose from {', '.join(TASK_NAMES)}")
-    return tasks
+    try:
+        return check_task_names([t.strip() for t in value.split(",") if t.strip()])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 @app.command("train-central")
@@ -62,7 +64,9 @@ def train_central_cmd(
     data: Annotated[
         str, typer.Option(help="'phantoms' or a folder with manifest.csv")
     ] = "phantoms",
-    tasks: Annotated[str, typer.Option(help="comma-separated tasks")] = ",".join(TASK_NAMES),
+    tasks: Annotated[
+        str | None, typer.Option(help="comma-separated tasks (default: every registered task)")
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file with a CentralConfig")] = None,
     preset: Annotated[str, typer.Option(help="model size: tiny or base")] = "tiny",
     epochs: Annotated[int | None, typer.Option(help="training epochs")] = None,
@@ -80,7 +84,9 @@ def train_central_cmd(
             cfg = load_toml(config, CentralConfig)
         else:
             cfg = CentralConfig(model=model_preset(preset))
-        updates: dict = {"tasks": _tasks(tasks), "seed": seed, "device": device}
+        updates: dict = {"seed": seed, "device": device}
+        if tasks is not None:
+            updates["tasks"] = _tasks(tasks)
         data_cfg = cfg.data.model_dump() | {"source": data}
         if train_size is not None:
             data_cfg["train_size"] = train_size
@@ -145,6 +151,7 @@ def _load_plugins() -> None:
 
 
 def main() -> None:
+    configure_process()  # before any sub-command group imports timm or diffusers
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _load_plugins()
     app()

@@ -4,13 +4,55 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
     """A configuration file or value is invalid; the message names the bad key."""
+
+
+def registered_tasks() -> list[str]:
+    """The names in the task registry, in its order (importing the registry loads torch)."""
+    from festa.shared.tasks import TASKS
+
+    return list(TASKS)
+
+
+def check_task_names(names: list[str]) -> list[str]:
+    """`names` unchanged when each is a registered task; ValueError naming the unknown ones."""
+    known = registered_tasks()
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        what = f"unknown task(s) {unknown}" if unknown else "no task given"
+        raise ValueError(f"{what}; choose from {', '.join(known)}")
+    return names
+
+
+def check_wire_dtype(name: str) -> str:
+    """`name` unchanged when it is one of the wire's dtypes (`festa.shared.wire.WIRE_DTYPES`)."""
+    from festa.shared.wire import WIRE_DTYPES
+
+    if name not in WIRE_DTYPES:
+        raise ValueError(f"unknown wire dtype {name!r}; choose from {', '.join(WIRE_DTYPES)}")
+    return name
+
+
+# The site restoration methods (`festa.client.restoration` implements them).
+RestorationMethod = Literal["dps", "cddb", "cddb-deep", "blinddps"]
+
+# Checked against the task registry and the wire's dtype table, which import torch: lazily, so
+# that loading a config stays light until a value is validated.
+TaskNames = Annotated[list[str], AfterValidator(check_task_names)]
+WireDTypeName = Annotated[str, AfterValidator(check_wire_dtype)]
 
 
 class FestaModel(BaseModel):
@@ -91,11 +133,7 @@ class CentralConfig(FestaModel):
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     data: DataConfig = DataConfig()
-    tasks: list[Literal["classification", "segmentation", "detection"]] = [
-        "classification",
-        "segmentation",
-        "detection",
-    ]
+    tasks: TaskNames = Field(default_factory=registered_tasks)
     epochs: int = Field(8, ge=1)
     seed: int = 0
     device: str = "cpu"
@@ -179,18 +217,14 @@ class FederationConfig(FestaModel):
     optim: OptimConfig = OptimConfig(lr=1e-3, batch_size=16)
     data: DataConfig = DataConfig(train_size=1200, val_size=200)
     schedule: ScheduleConfig = ScheduleConfig()
-    tasks: list[Literal["classification", "segmentation", "detection"]] = [
-        "classification",
-        "segmentation",
-        "detection",
-    ]
+    tasks: TaskNames = Field(default_factory=registered_tasks)
     clients: int = Field(6, ge=1, description="clients in a simulation (deployment: the sites)")
     partition: str = Field(
         "dirichlet:0.5", description="natural | dirichlet:ALPHA | quantity | iid"
     )
     rounds: int = Field(8, ge=1)
     local_steps: int = Field(15, ge=1, description="batches each client trains per round")
-    wire: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
+    wire: WireDTypeName = "fp32"
     permute: bool = False
     token_noise: float = Field(
         0.0,
@@ -229,7 +263,7 @@ class FederationConfig(FestaModel):
     degrade: Literal["none", "site"] = Field(
         "site", description="site: odd-numbered simulated sites get a degraded scanner"
     )
-    restore: Literal["none", "dps", "cddb", "cddb-deep", "blinddps"] = Field(
+    restore: Literal["none", RestorationMethod] = Field(
         "cddb", description="restoration method degraded sites run before training"
     )
     restore_nfe: int | None = Field(10, ge=1, description="network evaluations per image")

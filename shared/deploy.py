@@ -46,23 +46,6 @@ def load_settings(
     return s
 
 
-def settings_or_exit(
-    path: Path, cls: type[M], err: Any, insecure_section: str, insecure: bool
-) -> M:
-    """`load_settings` for a CLI: a bad file is one red line and exit code 2; insecure mode is
-    announced loudly."""
-    import typer
-
-    try:
-        s = load_settings(path, cls, insecure_section=insecure_section, insecure=insecure)
-    except ConfigError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
-    if getattr(s, insecure_section).insecure:
-        err.print(f"[bold red]{INSECURE_WARNING}[/bold red]")
-    return s
-
-
 def is_loopback(host: str) -> bool:
     """True for localhost / 127.x / ::1 (a host:port string is accepted)."""
     if host.count(":") == 1:

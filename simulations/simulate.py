@@ -28,7 +28,6 @@ def run_simulation(
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Run `cfg` with `cfg.clients` virtual SuperNodes; returns the run's summary."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     from flwr.simulation import run_simulation as flwr_run_simulation
 

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from festa.shared.runtime import configure_process
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# Tests never reach for a model hub.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# One thread per process: tests start several processes (servers, clients) on two cores, and
-# OpenMP spin-waiting under oversubscription is ~10x slower than single-threaded kernels here.
-torch.set_num_threads(1)
+# Tests never reach for a model hub, and run one torch thread per process: tests start several
+# processes (servers, clients) on two cores, and OpenMP spin-waiting under oversubscription is
+# ~10x slower than single-threaded kernels here.
+configure_process(threads=1)
 
 
 def _cxr_open_dir() -> Path | None:

@@ -14,11 +14,10 @@ need not be multiples of anything).
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -32,10 +31,9 @@ from festa.client.restoration.errors import (
 )
 from festa.client.restoration.models import Bridge, bridge_specs, load_bridge, load_prior
 from festa.client.restoration.operators import Degradation, parse_spec
+from festa.shared.config import RestorationMethod
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-METHODS = ("dps", "cddb", "cddb-deep", "blinddps")
+METHODS: tuple[str, ...] = get_args(RestorationMethod)
 MAX_SIDE_FACTOR = 4  # largest restorable side, in multiples of the model's training size
 DEFAULT_NFE = {"dps": 1000, "cddb": 20, "cddb-deep": 20, "blinddps": 1000}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -14,8 +13,7 @@ from rich.console import Console
 from festa.client.restoration.errors import RestorationError
 from festa.client.restoration.operators import __doc__ as OPERATORS_DOC
 from festa.client.restoration.operators import parse_spec
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from festa.shared.runtime import configure_process
 
 SPEC_HELP = (
     "Degradation SPEC: terms joined with '+', e.g. 'noise:poisson:dose=2000,read=0.01', "
@@ -37,15 +35,12 @@ console = Console(stderr=True)
 
 
 def _train_config(steps: int, batch: int, lr: float, seed: int, threads: int):
+    """The training settings of a `train-*` command; runs torch on ``threads`` CPU threads."""
     from festa.client.restoration.training import TrainConfig
 
+    configure_process(threads=threads)
     return TrainConfig(
-        steps=steps,
-        batch=batch,
-        lr=lr,
-        seed=seed,
-        threads=threads,
-        checkpoint_every=max(1, min(100, steps // 5)),
+        steps=steps, batch=batch, lr=lr, seed=seed, checkpoint_every=max(1, min(100, steps // 5))
     )
 
 
@@ -174,13 +169,12 @@ def run_cmd(
     threads: int = typer.Option(1, "--threads", help="torch CPU threads."),
 ) -> None:
     """Restore every image of --input; one bad image is reported and skipped, the rest still run."""
-    import torch
     from rich.progress import Progress
 
     from festa.client.restoration.api import Restorer
     from festa.shared.data.imageio import ImageReadError, read_image
 
-    torch.set_num_threads(threads)
+    configure_process(threads=threads)
     _parse_or_exit(degradation)
     files = _image_files(input)
     try:
@@ -247,4 +241,5 @@ _register_site_daemon()
 
 
 if __name__ == "__main__":
+    configure_process()
     app()

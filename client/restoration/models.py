@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,6 @@ from festa.client.restoration.bridge import BridgeSchedule
 from festa.client.restoration.errors import ModelDirError
 from festa.client.restoration.operators import parse_spec
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 diffusers_logging.set_verbosity_error()
 
 

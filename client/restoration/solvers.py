@@ -17,6 +17,7 @@ each image's result does not depend on what else is in its batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,9 +81,53 @@ def ddim_step(
     return ap**0.5 * x0 + max(1 - ap - sigma**2, 0.0) ** 0.5 * eps + sigma * noise
 
 
-def dps_zeta(nfe: int) -> float:
-    """DPS step size for ``nfe`` steps: fewer steps need a larger step (sqrt scaling)."""
-    return DPS_ZETA_1000 * (1000 / min(nfe, 1000)) ** 0.5
+def dps_zeta(nfe: int, at_1000: float = DPS_ZETA_1000) -> float:
+    """DPS step size for ``nfe`` steps, ``at_1000`` at 1000: fewer steps need a larger step
+    (sqrt scaling)."""
+    return at_1000 * (1000 / min(nfe, 1000)) ** 0.5
+
+
+@dataclass(frozen=True)
+class Chain:
+    """One reverse diffusion of a guided DDIM loop: its prior, per-sample shape and step size."""
+
+    prior: DiffusionPrior
+    shape: tuple[int, ...]  # per sample, e.g. (1, H, W)
+    zeta: float  # step along -grad of the objective after each DDIM step; 0: unguided
+
+
+# x0_hat of every chain (model space, [B, *chain.shape]) -> per-sample objective [B]
+Objective = Callable[[list[torch.Tensor]], torch.Tensor]
+
+
+def guided_ddim(
+    chains: list[Chain],
+    objective: Objective,
+    gens: list[torch.Generator],
+    device: torch.device,
+    nfe: int,
+    eta: float,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+    """Run ``chains`` in parallel on the DDIM schedule of ``nfe`` steps; after each step every
+    chain moves by ``-zeta * grad`` of ``objective`` w.r.t. its ``x_t``. Returns the final ``x``
+    and last ``x0_hat`` of each chain (model space) and the number of steps. Noise is drawn per
+    step in chain order, from ``gens`` (one generator per sample)."""
+    xs = [randn(c.shape, gens, device) for c in chains]
+    x0s = xs
+    guided = any(c.zeta > 0 for c in chains)
+    steps = ddim_schedule(nfe)
+    for t, t_prev in steps:
+        xs = [x.detach().requires_grad_(guided) for x in xs]
+        with torch.enable_grad():
+            x0s = [c.prior.predict_x0(x, t) for c, x in zip(chains, xs, strict=True)]
+            grads = torch.autograd.grad(objective(x0s).sum(), xs) if guided else None
+        moved = []
+        for i, (c, x, x0) in enumerate(zip(chains, xs, x0s, strict=True)):
+            noise = torch.zeros_like(x) if t_prev < 0 else randn(c.shape, gens, device)
+            x = ddim_step(c.prior, x.detach(), x0.detach(), t, t_prev, eta, noise)
+            moved.append(x - c.zeta * grads[i] if grads is not None else x)
+        xs = moved
+    return [x.detach() for x in xs], [x0.detach() for x0 in x0s], len(steps)
 
 
 def dps(
@@ -97,22 +142,16 @@ def dps(
     """Diffusion posterior sampling; ``zeta=0`` gives the unguided prior sample."""
     zeta = dps_zeta(nfe) if zeta is None else zeta
     H, W = deg.operator.input_hw(tuple(y.shape[-2:]))
-    x = randn((1, H, W), gens, y.device)
-    steps = ddim_schedule(nfe)
-    x0 = x
-    for t, t_prev in steps:
-        x = x.detach().requires_grad_(zeta > 0)
-        with torch.enable_grad():
-            x0 = prior.predict_x0(x, t)
-            if zeta > 0:
-                fit = deg.residual(y, _img(x0))
-                (grad,) = torch.autograd.grad(fit.sum(), x)
-        noise = randn((1, H, W), gens, y.device) if t_prev >= 0 else torch.zeros_like(x)
-        x = ddim_step(prior, x.detach(), x0.detach(), t, t_prev, eta, noise)
-        if zeta > 0:
-            x = x - zeta * grad
+    (x,), _, steps = guided_ddim(
+        [Chain(prior, (1, H, W), zeta)],
+        lambda x0s: deg.residual(y, _img(x0s[0])),
+        gens,
+        y.device,
+        nfe,
+        eta,
+    )
     params = {"zeta": zeta, "eta": eta, "sampler": "ddpm" if nfe >= 1000 else "ddim"}
-    return SolverResult(_img(x.detach()).clamp(0, 1), len(steps), params)
+    return SolverResult(_img(x).clamp(0, 1), steps, params)
 
 
 def _landweber(deg: Degradation, y: torch.Tensor, x0: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -169,27 +208,23 @@ def blind_dps(
 ) -> SolverResult:
     """BlindDPS for ``deg`` containing ``blur:unknown``; returns the image and kernel estimates."""
     zeta = dps_zeta(nfe) if zeta is None else zeta
-    zeta_k = (
-        BLIND_ZETA_KERNEL * (1000 / min(nfe, 1000)) ** 0.5 if zeta_kernel is None else zeta_kernel
-    )
+    zeta_k = dps_zeta(nfe, BLIND_ZETA_KERNEL) if zeta_kernel is None else zeta_kernel
     K = deg.kernel_size()
     H, W = deg.operator.input_hw(tuple(y.shape[-2:]))
-    x, z = randn((1, H, W), gens, y.device), randn((1, K, K), gens, y.device)
-    steps = ddim_schedule(nfe)
-    x0, z0 = x, z
-    for t, t_prev in steps:
-        x, z = x.detach().requires_grad_(True), z.detach().requires_grad_(True)
-        with torch.enable_grad():
-            x0, z0 = prior.predict_x0(x, t), kernel_prior.predict_x0(z, t)
-            k = kernel_from_model(z0)
-            fit = deg.with_kernel(k).residual(y, _img(x0))
-            penalty = sparsity * _img(z0).clamp_min(0).flatten(1).sum(1)
-            gx, gz = torch.autograd.grad((fit + penalty).sum(), [x, z])
-        last = t_prev < 0
-        nx = torch.zeros_like(x) if last else randn((1, H, W), gens, y.device)
-        nz = torch.zeros_like(z) if last else randn((1, K, K), gens, y.device)
-        x = ddim_step(prior, x.detach(), x0.detach(), t, t_prev, eta, nx) - zeta * gx
-        z = ddim_step(kernel_prior, z.detach(), z0.detach(), t, t_prev, eta, nz) - zeta_k * gz
-    kernel = kernel_from_model(z0.detach().clamp(-1, 1))
+
+    def fit_and_sparsity(x0s: list[torch.Tensor]) -> torch.Tensor:
+        x0, z0 = x0s
+        fit = deg.with_kernel(kernel_from_model(z0)).residual(y, _img(x0))
+        return fit + sparsity * _img(z0).clamp_min(0).flatten(1).sum(1)
+
+    (x, _), (_, z0), steps = guided_ddim(
+        [Chain(prior, (1, H, W), zeta), Chain(kernel_prior, (1, K, K), zeta_k)],
+        fit_and_sparsity,
+        gens,
+        y.device,
+        nfe,
+        eta,
+    )
+    kernel = kernel_from_model(z0.clamp(-1, 1))
     params = {"zeta": zeta, "zeta_kernel": zeta_k, "sparsity": sparsity, "eta": eta}
-    return SolverResult(_img(x.detach()).clamp(0, 1), len(steps), params, kernel)  # NFE per chain
+    return SolverResult(_img(x).clamp(0, 1), steps, params, kernel)  # NFE per chain

@@ -25,8 +25,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +38,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from festa.client.restoration.bridge import BridgeSchedule
 from festa.client.restoration.errors import TrainingDivergedError
 from festa.client.restoration.operators import DEFAULT_KERNEL_GRID, Degradation, random_kernel
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # UNet sizes: "small" for the committed 64-px CPU weights, "tiny" for tests, "base" for GPUs.
 UNET_PRESETS: dict[str, dict[str, Any]] = {
@@ -85,19 +82,7 @@ class TrainConfig:
     ema_decay: float = 0.995
     seed: int = 0
     checkpoint_every: int = 100
-    threads: int = 1
     n_phantoms: int = 2000  # size of the phantom pool when data == "phantoms"
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run a block with ``n`` torch CPU threads, restoring the previous count afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 Sampler = Callable[[int, np.random.Generator, torch.Generator], torch.Tensor]
@@ -114,66 +99,65 @@ def train_loop(
     resume: bool = True,
 ) -> tuple[UNet2DModel, list[float]]:
     """Train ``model`` on batches from ``sample``; returns (EMA model, losses of this run)."""
-    with torch_threads(cfg.threads):
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt_path = out / "checkpoint.pt"
-        torch.manual_seed(cfg.seed)
-        ema = copy.deepcopy(model).requires_grad_(False)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-        rng, gen, step = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed), 0
-        if resume and ckpt_path.exists():
-            state = torch.load(ckpt_path, weights_only=False)
-            model.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
-            opt.load_state_dict(state["opt"])
-            rng.bit_generator.state, step = state["rng"], state["step"]
-            gen.set_state(state["gen"])
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    torch.manual_seed(cfg.seed)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    rng, gen, step = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed), 0
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        rng.bit_generator.state, step = state["rng"], state["step"]
+        gen.set_state(state["gen"])
 
-        def save_checkpoint() -> None:
-            state = dict(
-                model=model.state_dict(),
-                ema=ema.state_dict(),
-                opt=opt.state_dict(),
-                rng=rng.bit_generator.state,
-                gen=gen.get_state(),
-                step=step,
-            )
-            torch.save(state, ckpt_path.with_suffix(".tmp"))
-            ckpt_path.with_suffix(".tmp").replace(ckpt_path)
-
-        losses: list[float] = []
-        model.train()
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]:.4f}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
+    def save_checkpoint() -> None:
+        state = dict(
+            model=model.state_dict(),
+            ema=ema.state_dict(),
+            opt=opt.state_dict(),
+            rng=rng.bit_generator.state,
+            gen=gen.get_state(),
+            step=step,
         )
-        with Progress(
-            *columns, disable=not sys.stderr.isatty() and "FESTA_PROGRESS" not in os.environ
-        ) as bar:
-            task = bar.add_task(desc, total=cfg.steps, completed=step, loss=float("nan"))
-            while step < cfg.steps:
-                batch = sample(cfg.batch, rng, gen)
-                loss = loss_fn(model, batch, gen)
-                if not torch.isfinite(loss):
-                    raise TrainingDivergedError(f"{desc}: loss {loss.item()} at step {step + 1}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                step += 1
-                decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-                with torch.no_grad():
-                    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                        pe.lerp_(pm, 1 - decay)
-                losses.append(loss.item())
-                bar.update(task, completed=step, loss=float(np.mean(losses[-20:])))
-                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                    save_checkpoint()
-        return ema.eval(), losses
+        torch.save(state, ckpt_path.with_suffix(".tmp"))
+        ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+
+    losses: list[float] = []
+    model.train()
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(
+        *columns, disable=not sys.stderr.isatty() and "FESTA_PROGRESS" not in os.environ
+    ) as bar:
+        task = bar.add_task(desc, total=cfg.steps, completed=step, loss=float("nan"))
+        while step < cfg.steps:
+            batch = sample(cfg.batch, rng, gen)
+            loss = loss_fn(model, batch, gen)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(f"{desc}: loss {loss.item()} at step {step + 1}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                    pe.lerp_(pm, 1 - decay)
+            losses.append(loss.item())
+            bar.update(task, completed=step, loss=float(np.mean(losses[-20:])))
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save_checkpoint()
+    return ema.eval(), losses
 
 
 def _write_record(out: Path, kind: str, cfg: TrainConfig, losses: list[float], extra: dict) -> None:
@@ -183,6 +167,7 @@ def _write_record(out: Path, kind: str, cfg: TrainConfig, losses: list[float], e
         "config": asdict(cfg),
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
         "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **extra,
     }

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from festa.client.service.config import load_site_config
 from festa.shared.config import ConfigError
+from festa.shared.runtime import configure_process
 
 err = Console(stderr=True)
 
@@ -57,7 +58,8 @@ def serve(
         raise typer.Exit(2) from exc
     config.folders.state.mkdir(parents=True, exist_ok=True)
     _setup_logging(config.folders.state / "service.log")
-    from festa.client.service.daemon import SiteService  # heavy imports after the config is known good
+    # heavy imports after the config is known good
+    from festa.client.service.daemon import SiteService
 
     try:
         service = SiteService(config)
@@ -117,4 +119,5 @@ def _main() -> None:
 
 
 if __name__ == "__main__":
+    configure_process()
     app()

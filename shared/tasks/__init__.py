@@ -1,10 +1,12 @@
 """The task registry: each task is one module with its head, tail, loss, metrics and labels.
 
-Importing this package registers the built-in tasks. A new task is a new module that
+Importing this package registers the built-in tasks; every list of task names (configs, the
+CLI, site settings) comes from this registry. A new task is a new module that
 decorates a `Task` subclass with `@register_task("name")`; the body and the transport never change.
 """
 
-from festa.shared.tasks import classification, detection, segmentation  # noqa: F401  (registers them)
+# Importing the task modules registers them; this order is the default task order of a run.
+from festa.shared.tasks import classification, segmentation, detection  # noqa: F401, I001
 from festa.shared.tasks.base import (
     TASKS,
     MetricAccumulator,

@@ -5,21 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from festa.client.restoration.operators import parse_spec
-from festa.client.restoration.training import TrainConfig, train_bridge, train_kernel_prior, train_prior
+from festa.client.restoration.training import (
+    TrainConfig,
+    train_bridge,
+    train_kernel_prior,
+    train_prior,
+)
 
 TINY_BRIDGE_SPEC = "blur:gauss:sigma=1+noise:gauss:sigma=0.01"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the tiny models gain nothing from more, and CI's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import copy
-import datetime
-import ipaddress
 import time
 
 import grpc
 import pytest
 import torch
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from festa.client.body_client import BodyServiceError, RemoteBodyLink
+from festa.server import certs
 from festa.server.body_service import TlsFiles
-from festa.shared.wire.proto import body_pb2_grpc
 from festa.shared.model.split import LocalBodyLink
+from festa.shared.wire.proto import body_pb2_grpc
 
 from .conftest import run_concurrently, token
 
@@ -121,45 +116,19 @@ def test_train_body_false_freezes_the_body_but_returns_token_gradients(start_ser
         assert torch.equal(p, q)
 
 
-def _self_signed(tmp_path) -> tuple[TlsFiles, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "festa body service")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    (tmp_path / "body.crt").write_bytes(cert_pem)
-    (tmp_path / "body.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return TlsFiles(tmp_path / "body.crt", tmp_path / "body.key"), cert_pem
+def _deployment_tls(tmp_path) -> tuple[TlsFiles, bytes]:
+    """The body service's identity issued by a deployment CA (`festa certs`), and the CA's PEM."""
+    certs.init_ca(tmp_path)
+    issued = certs.issue_server_cert(tmp_path, "body")
+    return TlsFiles(issued.cert, issued.key), (tmp_path / "ca.pem").read_bytes()
 
 
-def test_tls_serves_a_client_that_trusts_the_certificate_only(body, config, tmp_path):
+def test_tls_serves_a_client_that_trusts_the_deployment_ca_only(body, config, tmp_path):
     from festa.server.body_service import BodyService
 
     from .conftest import RUN_ID, SECRET
 
-    tls, root_cert = _self_signed(tmp_path)
+    tls, root_cert = _deployment_tls(tmp_path)
     with BodyService(copy.deepcopy(body), config, secret=SECRET, lr=LR, run_id=RUN_ID) as service:
         port = service.start("127.0.0.1", 0, tls=tls)
         service.open_round(0, {"a": "cls", "b": "cls"}, train_body=False, mode="async")
