@@ -3,7 +3,7 @@
 The kernel on our benchmark machines has no `netem` qdisc, so the link between a hospital and
 the body service is emulated here, in user space:
 
-    python -m simulations.netem --listen 127.0.0.1:7071 --target 127.0.0.1:7070 \\
+    python -m festa.simulations.netem --listen 127.0.0.1:7071 --target 127.0.0.1:7070 \\
         --rtt-ms 80 --rate-mbit 100
 
 Every accepted connection gets its own connection to `target`; each direction is an
@@ -38,6 +38,7 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass
+from typing import NotRequired, TypedDict, Unpack
 
 log = logging.getLogger("festa.netem")
 
@@ -52,8 +53,27 @@ class LinkShape:
     rate_bps: float
     buffer_bytes: int
 
+    @classmethod
+    def of(cls, rtt_ms: float, rate_mbit: float, buffer_bytes: int | None = None) -> LinkShape:
+        """The shape of a link with round-trip time `rtt_ms` and rate `rate_mbit` (0: unlimited);
+        the buffer defaults to 4 bandwidth-delay products, at least 4 MiB."""
+        if rtt_ms < 0 or rate_mbit < 0:
+            raise ValueError(f"rtt_ms and rate_mbit must be >= 0, got {rtt_ms}, {rate_mbit}")
+        rate = rate_mbit * 1e6
+        if buffer_bytes is None:
+            buffer_bytes = max(4 << 20, int(4 * rate / 8 * rtt_ms / 1000))
+        return cls(rtt_ms / 2000.0, rate, buffer_bytes)
+
     def serialization_s(self, nbytes: int) -> float:
         return nbytes * 8 / self.rate_bps if self.rate_bps > 0 else 0.0
+
+
+class LinkArgs(TypedDict):
+    """Keyword arguments of `LinkShape.of`, as `WanProxy` and `WanLink` take them."""
+
+    rtt_ms: float
+    rate_mbit: float
+    buffer_bytes: NotRequired[int | None]
 
 
 class _Direction:
@@ -121,21 +141,8 @@ class _Direction:
 class WanProxy:
     """The asyncio proxy: listen on (host, port), forward every connection to `target`."""
 
-    def __init__(
-        self,
-        target: tuple[str, int],
-        *,
-        rtt_ms: float,
-        rate_mbit: float,
-        buffer_bytes: int | None = None,
-    ):
-        if rtt_ms < 0 or rate_mbit < 0:
-            raise ValueError(f"rtt_ms and rate_mbit must be >= 0, got {rtt_ms}, {rate_mbit}")
-        delay = rtt_ms / 2000.0
-        rate = rate_mbit * 1e6
-        if buffer_bytes is None:  # 4 bandwidth-delay products, at least 4 MiB
-            buffer_bytes = max(4 << 20, int(4 * rate / 8 * rtt_ms / 1000))
-        self.shape = LinkShape(delay, rate, buffer_bytes)
+    def __init__(self, target: tuple[str, int], **link: Unpack[LinkArgs]):
+        self.shape = LinkShape.of(**link)
         self.target = target
         self.connections = 0
         self.bytes_up = 0  # client -> target
@@ -208,13 +215,11 @@ class WanLink:
         self,
         target: tuple[str, int],
         *,
-        rtt_ms: float,
-        rate_mbit: float,
-        buffer_bytes: int | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        **link: Unpack[LinkArgs],
     ):
-        self.proxy = WanProxy(target, rtt_ms=rtt_ms, rate_mbit=rate_mbit, buffer_bytes=buffer_bytes)
+        self.proxy = WanProxy(target, **link)
         self.host = host
         self.port = port
         self._loop: asyncio.AbstractEventLoop | None = None

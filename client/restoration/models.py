@@ -14,6 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
@@ -40,13 +41,15 @@ def sha256_of(folder: Path) -> str:
     return h.hexdigest()
 
 
-def _load_unet(folder: Path, device: str) -> UNet2DModel:
+def _saved_unet(folder: Path, device: str) -> dict[str, Any]:
+    """The :class:`SavedUNet` fields of a model folder: its ``unet/`` in eval mode, path, hash."""
     if not (folder / "unet" / "config.json").is_file():
         raise ModelDirError(f"{folder} has no unet/ (expected a festa prior or bridge folder)")
     unet = UNet2DModel.from_pretrained(
         folder, subfolder="unet", local_files_only=True, low_cpu_mem_usage=False
     )
-    return unet.float().to(device).eval().requires_grad_(False)
+    unet = unet.float().to(device).eval().requires_grad_(False)
+    return {"unet": unet, "path": folder, "sha256": sha256_of(folder)}
 
 
 def run_unet(unet: UNet2DModel, x: torch.Tensor, t: int) -> torch.Tensor:
@@ -64,17 +67,24 @@ def run_unet(unet: UNet2DModel, x: torch.Tensor, t: int) -> torch.Tensor:
 
 
 @dataclass
-class DiffusionPrior:
-    """An eps-predicting DDPM: ``unet(x_t, t)`` on ``[B, 1, H, W]`` in [-1, 1]."""
+class SavedUNet:
+    """A ``UNet2DModel`` loaded from a model folder, with the folder and its SHA-256."""
 
     unet: UNet2DModel
-    alphas_cumprod: torch.Tensor  # [T] float64
     path: Path
     sha256: str
 
     @property
     def size(self) -> int:
+        """The side (px) the UNet was trained on."""
         return int(self.unet.config.sample_size)
+
+
+@dataclass
+class DiffusionPrior(SavedUNet):
+    """An eps-predicting DDPM: ``unet(x_t, t)`` on ``[B, 1, H, W]`` in [-1, 1]."""
+
+    alphas_cumprod: torch.Tensor  # [T] float64
 
     def predict_x0(self, x: torch.Tensor, t: int) -> torch.Tensor:
         a = float(self.alphas_cumprod[t])
@@ -85,35 +95,28 @@ class DiffusionPrior:
 def load_prior(folder: Path, device: str = "cpu") -> DiffusionPrior:
     """Load an image or kernel prior saved by ``train-prior`` / ``train-kernel-prior``."""
     folder = Path(folder)
-    unet = _load_unet(folder, device)
+    saved = _saved_unet(folder, device)
     sched = DDPMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
-    return DiffusionPrior(unet, sched.alphas_cumprod.double(), folder, sha256_of(folder))
+    return DiffusionPrior(**saved, alphas_cumprod=sched.alphas_cumprod.double())
 
 
 @dataclass
-class Bridge:
+class Bridge(SavedUNet):
     """A CDDB bridge: ``x0_hat = x_t - std_fwd[t] * unet(x_t, t)``."""
 
-    unet: UNet2DModel
     schedule: BridgeSchedule
     spec: str
-    path: Path
-    sha256: str
-
-    @property
-    def size(self) -> int:
-        return int(self.unet.config.sample_size)
 
     def predict_x0(self, x: torch.Tensor, t: int) -> torch.Tensor:
         return x - float(self.schedule.std_fwd[t]) * run_unet(self.unet, x, t)
 
 
 def load_bridge(folder: Path, device: str = "cpu") -> Bridge:
+    """Load a CDDB bridge saved by ``train-bridge``."""
+    folder = Path(folder)
     meta = json.loads((folder / "bridge.json").read_text())
     schedule = BridgeSchedule(meta["n"], meta["beta_min"], meta["beta_max"])
-    return Bridge(
-        _load_unet(folder, device), schedule, meta["degradation"], folder, sha256_of(folder)
-    )
+    return Bridge(**_saved_unet(folder, device), schedule=schedule, spec=meta["degradation"])
 
 
 def bridge_specs(model_dir: Path) -> dict[str, Path]:
