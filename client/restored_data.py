@@ -72,7 +72,7 @@ def with_scanner(cfg: FederationConfig, site: SiteData, site_index: int) -> Site
 
 
 def _restore(cfg: FederationConfig, acquired: np.ndarray, spec: str, counts: dict[str, int]):
-    from festa.client.restoration.api import Restorer
+    from festa.client.restoration.restorer import Restorer
 
     solver_spec = SOLVER_SPEC.get(cfg.restore, {}).get(spec, spec)
     model_dir = Path(cfg.restore_model_dir) if cfg.restore_model_dir else WEIGHTS

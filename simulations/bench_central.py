@@ -16,7 +16,7 @@ import torch
 
 from festa.shared.config import CentralConfig, DataConfig, OptimConfig, model_preset
 from festa.shared.train.central import train_central
-from festa.simulations.report import publish
+from festa.simulations.benchmark_table import publish
 
 TARGETS = {"classification": 0.90, "segmentation": 0.85, "detection": 0.50}
 

@@ -22,7 +22,7 @@ import torch
 
 from festa.shared.config import CentralConfig, DataConfig, FederationConfig, ScheduleConfig
 from festa.shared.tasks import primary_metric
-from festa.simulations.report import machine_line, publish
+from festa.simulations.benchmark_table import machine_line, publish
 
 REPO = Path(__file__).resolve().parents[1]
 

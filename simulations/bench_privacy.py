@@ -723,7 +723,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     console = Console()
     started = time.perf_counter()
     from festa.simulations.bench_federation import simulate
-    from festa.simulations.report import machine_line, publish
+    from festa.simulations.benchmark_table import machine_line, publish
 
     machine = machine_line()
     noises = [0.0] + [float(x) for x in args.noise.split(",") if x.strip()]

@@ -6,7 +6,7 @@ Per degradation: PSNR / SSIM (skimage, [0, 1] scale), data-consistency residual 
 (always with the true operator, also for BlindDPS) and seconds per image, on held-out phantoms
 (seed 12345, never used for training) and a few ``val`` images of ../shared/data/cxr-open downsized
 to 64 px. Prints a rich table and appends a section to BENCHMARKS.md with the machine
-(via ``simulations.report.publish``).
+(via ``festa.simulations.benchmark_table.publish``).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from rich.console import Console
 from skimage import restoration, transform
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from festa.client.restoration.api import Restorer
+from festa.client.restoration.restorer import Restorer
 from festa.client.restoration.errors import UnsupportedMethodError
 from festa.client.restoration.operators import gaussian_kernel, parse_spec
 from festa.shared.data.phantoms import phantom_images
-from festa.simulations.report import publish
+from festa.simulations.benchmark_table import publish
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "client" / "restoration" / "weights" / "phantom64"

@@ -17,7 +17,7 @@ from pathlib import Path
 from festa.shared.config import FederationConfig
 from festa.shared.tasks import primary_metric
 from festa.simulations.bench_federation import primary, simulate
-from festa.simulations.report import machine_line, publish
+from festa.simulations.benchmark_table import machine_line, publish
 
 
 def main(argv: list[str] | None = None) -> None:

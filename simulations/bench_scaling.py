@@ -46,7 +46,7 @@ from festa.shared.config import (
     model_preset,
 )
 from festa.simulations.bench_body_service import RUN_ID, SECRET, drive_clients, random_inputs
-from festa.simulations.report import machine_line, publish
+from festa.simulations.benchmark_table import machine_line, publish
 
 MB = 1024 * 1024
 # The sizes of the model-scaling sweep: the two presets and a ViT-S/16-sized body between them.

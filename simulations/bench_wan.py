@@ -56,7 +56,7 @@ from festa.shared.model.body import Body
 from festa.shared.model.pipeline import staleness_lr_scale
 from festa.shared.tasks import primary_metric
 from festa.shared.train.task_model import TaskModel
-from festa.simulations.report import machine_line, publish
+from festa.simulations.benchmark_table import machine_line, publish
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = b"bench-wan-secret"

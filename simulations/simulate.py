@@ -34,7 +34,7 @@ def run_simulation(
     from festa.client.flower_app import app as client_app
     from festa.client.site_data import federation_plan
     from festa.server.flower_app import make_server_app
-    from festa.server.report import write_report
+    from festa.server.run_plots import write_report
 
     console = console or Console()
     out = Path(out_dir)

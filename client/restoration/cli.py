@@ -171,7 +171,7 @@ def run_cmd(
     """Restore every image of --input; one bad image is reported and skipped, the rest still run."""
     from rich.progress import Progress
 
-    from festa.client.restoration.api import Restorer
+    from festa.client.restoration.restorer import Restorer
     from festa.shared.data.imageio import ImageReadError, read_image
 
     configure_process(threads=threads)
@@ -231,7 +231,7 @@ def _parse_or_exit(spec: str):
 
 
 def _register_site_daemon() -> None:
-    """`festa restore serve`: the site daemon lives in `client.service` and adds itself here."""
+    """`festa restore serve`: the site daemon lives in `festa.client.service` and adds itself here."""
     from festa.client.service.cli import register
 
     register(app)

@@ -1,4 +1,4 @@
-"""Loading festa's diffusion models from disk (layout: see :mod:`client.restoration.training`).
+"""Loading festa's diffusion models from disk (layout: see :mod:`festa.client.restoration.training`).
 
 A restoration model folder (``--model DIR``) holds::
 

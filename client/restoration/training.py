@@ -5,7 +5,7 @@ resumable checkpoint (``checkpoint.pt`` beside the output; rerun with a larger `
 Each model is saved with diffusers' ``save_pretrained`` (the EMA weights, stored as float16) plus
 ``festa_training.json`` recording the command, data, steps and seed.
 
-Folder layout written here and read by :mod:`client.restoration.models`::
+Folder layout written here and read by :mod:`festa.client.restoration.models`::
 
     DIR/                    an image prior or a kernel prior: a diffusers DDPMPipeline folder
         model_index.json    (DDPMPipeline.from_pretrained(DIR) loads it)

@@ -75,7 +75,7 @@ def serve(
         return
     import uvicorn
 
-    from festa.client.service.api import create_app
+    from festa.client.service.http_api import create_app
 
     server = _uvicorn_server_class()(
         uvicorn.Config(

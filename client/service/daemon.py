@@ -49,7 +49,7 @@ PROVENANCE_KEYS = ("method", "degradation", "seed", "nfe", "residual", "seconds"
 
 
 class RestorerLike(Protocol):
-    """What the service needs of `client.restoration.api.Restorer`."""
+    """What the service needs of `festa.client.restoration.restorer.Restorer`."""
 
     def parse(self, degradation: str) -> Any: ...
 
@@ -98,7 +98,7 @@ def model_image_size(model_dir: Path) -> int:
 
 def default_restorer_factory(config: SiteConfig) -> RestorerFactory:
     """Build the restoration engine's Restorer once per method (imported lazily: torch)."""
-    from festa.client.restoration.api import Restorer
+    from festa.client.restoration.restorer import Restorer
 
     cache: dict[str, RestorerLike] = {}
     rc = config.restore

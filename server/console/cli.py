@@ -306,7 +306,7 @@ def export(
     store: StoreOpt = str(DEFAULT_STORE_PATH),
 ) -> None:
     """Write a self-contained HTML report of a run (tables + inline SVG plots)."""
-    from festa.server.console.report import export_report
+    from festa.server.console.html_export import export_report
 
     run_id, path = _view(store, run, lambda st, rid: export_report(st, rid, out_path))
     err.print(f"report of run #{run_id} written to {path}")

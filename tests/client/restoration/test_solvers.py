@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from festa.client.restoration import solvers
-from festa.client.restoration.api import Restorer
+from festa.client.restoration.restorer import Restorer
 from festa.client.restoration.errors import ModelDirError, RestorationInputError, UnsupportedMethodError
 from festa.client.restoration.models import load_bridge, load_prior
 from festa.client.restoration.operators import parse_spec

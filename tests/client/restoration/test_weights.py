@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio
 
-from festa.client.restoration.api import Restorer
+from festa.client.restoration.restorer import Restorer
 from festa.client.restoration.operators import parse_spec
 from festa.shared.data.phantoms import phantom_images
 

@@ -227,7 +227,7 @@ def test_api_refuses_oversized_uploads_and_reports_pending_jobs(
 ) -> None:
     from fastapi.testclient import TestClient
 
-    from festa.client.service.api import create_app
+    from festa.client.service.http_api import create_app
 
     toml = write_site(tmp_path, model_dir, http={"max_upload_mb": 0.01})  # 10 KiB
     service = SiteService(load_site_config(toml))

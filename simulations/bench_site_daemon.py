@@ -1,6 +1,6 @@
 """Benchmark the site restoration service: batch throughput and `auto` estimate accuracy.
 
-    python -m simulations.site_daemon [--model-dir DIR] [--n 16] [--nfe 20] [--batches 1,4,8]
+    python -m festa.simulations.bench_site_daemon [--model-dir DIR] [--n 16] [--nfe 20] [--batches 1,4,8]
 
 Part 1 drains `n` phantom radiographs through SiteService (journal, decoding, restoration,
 atomic PNG + provenance writes; no HTTP) at several batch sizes and reports images per second.
@@ -138,7 +138,7 @@ def main() -> None:
             f"\n## Site restoration daemon ({stamp})\n\n"
             f"Machine: {machine}; device {args.device}; model {args.model_dir.name}; "
             f"commit {info.get('git_commit')}.\n"
-            f"Command: `python -m simulations.site_daemon --n {args.n} --nfe {args.nfe} "
+            f"Command: `python -m festa.simulations.bench_site_daemon --n {args.n} --nfe {args.nfe} "
             f"--batches {args.batches}`\n\n{md1}\n\n{md2}\n"
         )
 

@@ -1,6 +1,7 @@
-"""The restoration API the site daemon calls: build a :class:`Restorer` once, call ``restore`` often.
+"""The Python entry point to restoration (the site daemon, the CLI and training data call it):
+build a :class:`Restorer` once, call ``restore`` often.
 
-``model_dir`` layout (see :mod:`client.restoration.models`)::
+``model_dir`` layout (see :mod:`festa.client.restoration.models`)::
 
     model_dir/prior/          image prior            dps, blinddps
     model_dir/kernel_prior/   kernel prior           blinddps
