@@ -90,13 +90,14 @@ class BodyService:
             max_bytes=max_message_bytes,
         )
         self._threads = max_streams + max_pending + _SPARE_THREADS
+        self._slots = Slots(max_streams, max_pending)
         self._servicer = Servicer(
             current_round=lambda: self._round,
             engine=self.engine,
             limits=self.limits,
             secret=secret,
             run_id=run_id,
-            slots=Slots(max_streams, max_pending),
+            slots=self._slots,
             max_stream_s=max_stream_s,
             auth_timeout_s=auth_timeout_s,
         )
@@ -224,6 +225,10 @@ class BodyService:
         report = rnd.report()
         log.info("round %d closed: %s", rnd.round_id, report)
         return report
+
+    def slots_in_use(self) -> dict[str, int]:
+        """Streams holding an admission slot now: {"authenticated": n, "pending": m}."""
+        return self._slots.in_use()
 
     def _round_is_open(self) -> bool:
         return self._round is not None and not self._round.closed

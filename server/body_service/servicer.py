@@ -72,6 +72,11 @@ class Slots:
         self._held = {"authenticated": 0, "pending": 0}
         self._lock = threading.Lock()
 
+    def in_use(self) -> dict[str, int]:
+        """Slots held now, per budget ("authenticated", "pending")."""
+        with self._lock:
+            return dict(self._held)
+
     @contextlib.contextmanager
     def hold(self, budget: str) -> Iterator[None]:
         """Hold one slot of `budget` for the block, or RESOURCE_EXHAUSTED when none is free."""
