@@ -24,11 +24,17 @@ from typing import Any
 import grpc
 import torch
 
+from festa.shared.wire import (
+    SESSION_TOKEN_METADATA,
+    WIRE_DTYPES,
+    TokenLimits,
+    WireFormatError,
+    decode,
+    encode,
+    message_size_options,
+)
 from festa.shared.wire.messages import from_proto, to_proto
 from festa.shared.wire.proto import body_pb2, body_pb2_grpc
-from festa.shared.wire import WIRE_DTYPES, TokenLimits, WireFormatError, decode, encode
-
-_ENVELOPE_BYTES = 64 * 1024
 
 
 class BodyServiceError(RuntimeError):
@@ -48,7 +54,10 @@ class RemoteBodyLink:
     tensor that was sent. `bytes_sent` / `bytes_received` count protobuf message sizes.
     `wire_dtype` is used both ways (the service replies in the request's dtype); `timeout_s`
     bounds the whole stream (gRPC deadline); the server's step deadline bounds each reply.
-    `tls_root_cert` (PEM) switches to TLS and pins the CA that signed the service certificate.
+    `tls_root_cert` (PEM) switches to TLS and pins the CA that signed the service certificate;
+    `tls_client_cert` (PEM certificate chain, PEM private key) is this site's identity on a
+    mutual-TLS port (`festa certs node SITE`). The token travels in the call metadata too, so
+    the service authenticates the stream as it opens (see `server.body_service.servicer`).
     """
 
     def __init__(
@@ -58,11 +67,14 @@ class RemoteBodyLink:
         *,
         wire_dtype: str = "fp32",
         tls_root_cert: bytes | None = None,
+        tls_client_cert: tuple[bytes, bytes] | None = None,
         timeout_s: float = 3600.0,
         max_message_bytes: int = 64 * 1024 * 1024,
     ):
         if wire_dtype not in WIRE_DTYPES:
             raise ValueError(f"wire_dtype must be one of {list(WIRE_DTYPES)}, got {wire_dtype!r}")
+        if tls_client_cert is not None and tls_root_cert is None:
+            raise ValueError("tls_client_cert needs tls_root_cert (a client certificate is TLS)")
         self.target = target
         self.wire_dtype = wire_dtype
         self.bytes_sent = 0
@@ -70,6 +82,7 @@ class RemoteBodyLink:
         self.welcome: body_pb2.Welcome | None = None
         self._token = token
         self._tls_root_cert = tls_root_cert
+        self._tls_client_cert = tls_client_cert
         self._timeout_s = timeout_s
         self._max_message_bytes = max_message_bytes
         self._outbox: queue.Queue[body_pb2.ClientMessage | None] = queue.Queue()
@@ -83,18 +96,23 @@ class RemoteBodyLink:
 
     def open(self) -> RemoteBodyLink:
         """Connect, authenticate with the session token and read the Welcome."""
-        limit = self._max_message_bytes + _ENVELOPE_BYTES
-        options = [
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-        ]
+        options = message_size_options(self._max_message_bytes)
         if self._tls_root_cert is None:
             self._channel = grpc.insecure_channel(self.target, options=options)
         else:
-            credentials = grpc.ssl_channel_credentials(root_certificates=self._tls_root_cert)
+            cert_chain, private_key = self._tls_client_cert or (None, None)
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=self._tls_root_cert,
+                private_key=private_key,
+                certificate_chain=cert_chain,
+            )
             self._channel = grpc.secure_channel(self.target, credentials, options=options)
         stub = body_pb2_grpc.BodyServiceStub(self._channel)
-        self._call = stub.Session(self._requests(), timeout=self._timeout_s)
+        self._call = stub.Session(
+            self._requests(),
+            timeout=self._timeout_s,
+            metadata=[(SESSION_TOKEN_METADATA, self._token)],
+        )
         reply = self._exchange(body_pb2.ClientMessage(hello=body_pb2.Hello(token=self._token)))
         if reply.WhichOneof("kind") != "welcome":
             self.close()

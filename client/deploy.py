@@ -1,7 +1,8 @@
 """The site side of a deployment: settings (`site-*.toml`) and the commands they run.
 
 A site runs the Flower SuperNode (TLS to the SuperLink, its own auth key, `--node-config` with
-site id, task, data path and the CA that signed the body service) and, when configured, its
+site id, task, data path, the CA that signed the body service and the site's client certificate
+for it) and, when configured, its
 restoration daemon (`client.service`). Layout under `state-dir`: `flwr/` (the SuperNode's
 FLWR_HOME: installed app bundles) and `logs/` (one log per supervised process).
 """
@@ -44,6 +45,14 @@ class AuthSection(DeployModel):
     private_key: Path | None = Field(
         None, description="this site's key from `festa certs node SITE`"
     )
+    body_cert: Path | None = Field(
+        None,
+        description="this site's client certificate for the body service (mutual TLS); "
+        "default clients/<site>.pem beside superlink.ca, as `festa certs node SITE` writes it",
+    )
+    body_key: Path | None = Field(
+        None, description="its private key; default clients/<site>.key beside superlink.ca"
+    )
 
 
 class SuperNodeSection(DeployModel):
@@ -71,6 +80,14 @@ class SiteSettings(DeployModel):
     def logs(self) -> Path:
         return self.site.state_dir / "logs"
 
+    def body_identity(self) -> tuple[Path, Path]:
+        """(certificate, key) this site presents to the body service's mutual-TLS port."""
+        clients = Path(self.superlink.ca).parent / "clients"  # type: ignore[arg-type]
+        return (
+            self.auth.body_cert or clients / f"{self.site.id}.pem",
+            self.auth.body_key or clients / f"{self.site.id}.key",
+        )
+
     def check(self) -> None:
         """Raise ConfigError (naming the key) for insecure off loopback or missing files."""
         if self.superlink.insecure:
@@ -82,6 +99,8 @@ class SiteSettings(DeployModel):
                 raise ConfigError("auth.private-key: needed unless superlink.insecure = true")
             require_files("superlink", {"ca": self.superlink.ca})
             require_files("auth", {"private-key": self.auth.private_key})
+            body_cert, body_key = self.body_identity()
+            require_files("auth", {"body-cert": body_cert, "body-key": body_key})
         if self.site.data != "phantoms" and not Path(self.site.data).is_dir():
             raise ConfigError(f"site.data: no folder at {self.site.data}")
         if self.restoration.enabled:
@@ -104,6 +123,9 @@ def node_config(s: SiteSettings) -> str:
     items = {"site-id": s.site.id, "task": s.site.task, "data-path": data}
     if not s.superlink.insecure:
         items["body-ca"] = str(Path(s.superlink.ca).resolve())  # type: ignore[arg-type]
+        body_cert, body_key = s.body_identity()
+        items["body-cert"] = str(body_cert.resolve())
+        items["body-key"] = str(body_key.resolve())
     return " ".join(f"{k}={_quote(v)}" for k, v in items.items())
 
 

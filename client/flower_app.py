@@ -88,10 +88,19 @@ def _prepare(msg: Message, context: Context) -> tuple[FederationConfig, SiteData
 
 
 def _link(cfg: FederationConfig, config: dict, context: Context) -> RemoteBodyLink:
-    """The body-service stream; TLS pinned to the deployment CA when node config has `body-ca`."""
-    ca = str(context.node_config.get("body-ca", "") or "")
+    """The body-service stream; TLS pinned to the deployment CA when node config has `body-ca`,
+    presenting the site's client certificate (`body-cert` / `body-key`) when it has one."""
+    node = context.node_config
+    ca, cert, key = (str(node.get(k, "") or "") for k in ("body-ca", "body-cert", "body-key"))
     root = Path(ca).read_bytes() if ca else None
-    return RemoteBodyLink(str(config["body-endpoint"]), str(config["token"]), wire_dtype=cfg.wire, tls_root_cert=root)
+    identity = (Path(cert).read_bytes(), Path(key).read_bytes()) if cert and key else None
+    return RemoteBodyLink(
+        str(config["body-endpoint"]),
+        str(config["token"]),
+        wire_dtype=cfg.wire,
+        tls_root_cert=root,
+        tls_client_cert=identity,
+    )
 
 
 @app.train()

@@ -8,6 +8,8 @@ Layout of a certificate folder (all PEM unless noted; private keys are written 0
     nodes/<site>.key, <site>.pub   one ECDSA P-384 pair per site in OpenSSH format, as
                                    `flower-supernode --auth-supernode-private-key` and
                                    `flwr supernode register` read them
+    clients/<site>.pem, .key       the site's client certificate for the body service's
+                                   mutual-TLS port (signed by the CA)
 
 Nothing is ever overwritten unless `force=True`: a second `init` would orphan every
 certificate and registered key issued from the first.
@@ -137,6 +139,42 @@ def _san(name: str) -> x509.GeneralName:
         return x509.DNSName(name)
 
 
+def _issue_leaf(
+    d: Path,
+    stem: str,
+    common_name: str,
+    sans: list[str],
+    usage: x509.ObjectIdentifier,
+    days: int,
+    force: bool,
+) -> Issued:
+    """Write `<stem>.pem` / `<stem>.key` (under `d`): a P-256 leaf signed by the CA in `d`."""
+    cert_path, key_path = d / f"{stem}.pem", d / f"{stem}.key"
+    _refuse_existing([cert_path, key_path], force)
+    ca_cert, ca_key = _load_ca(d)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([_san(n) for n in sans]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA384())
+    )
+    _write(key_path, _pem_key(key), private=True)
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), private=False)
+    return Issued(cert_path, key_path)
+
+
 def issue_server_cert(
     directory: str | Path,
     name: str,
@@ -147,35 +185,21 @@ def issue_server_cert(
 ) -> Issued:
     """Issue `<name>.pem` / `<name>.key` signed by the CA in `directory`, valid for
     localhost, 127.0.0.1 and every host name or IP address in `sans`."""
-    d = Path(directory)
     _check_name("certificate name", name)
-    cert_path, key_path = d / f"{name}.pem", d / f"{name}.key"
-    _refuse_existing([cert_path, key_path], force)
-    ca_cert, ca_key = _load_ca(d)
     names = list(dict.fromkeys([*DEFAULT_SANS, *sans]))
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = _now()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(
-            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[-1] if sans else name)])
-        )
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([_san(n) for n in names]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA384())
-    )
-    _write(key_path, _pem_key(key), private=True)
-    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), private=False)
-    return Issued(cert_path, key_path)
+    common_name = names[-1] if sans else name
+    usage = ExtendedKeyUsageOID.SERVER_AUTH
+    return _issue_leaf(Path(directory), name, common_name, names, usage, days, force)
+
+
+def issue_client_cert(
+    directory: str | Path, site: str, *, days: int = 825, force: bool = False
+) -> Issued:
+    """Issue `clients/<site>.pem` / `clients/<site>.key`: the site's client certificate for
+    the body service's mutual-TLS port, signed by the CA in `directory`."""
+    _check_name("site id", site)
+    usage = ExtendedKeyUsageOID.CLIENT_AUTH
+    return _issue_leaf(Path(directory), f"clients/{site}", site, [site], usage, days, force)
 
 
 def node_key(directory: str | Path, site: str, *, force: bool = False) -> Issued:

@@ -2,7 +2,7 @@
 
 festa certs init   --dir certs [--force]
 festa certs server --dir certs [--name superlink] [--san festa.example.org ...] [--force]
-festa certs node   SITE --dir certs [--force]
+festa certs node   SITE --dir certs [--force]   (SuperNode key + body-service client cert)
 festa certs show   certs/superlink.pem
 """
 
@@ -70,11 +70,14 @@ def node(
     directory: DirOpt = Path("certs"),
     force: ForceOpt = False,
 ) -> None:
-    """Create a site's SuperNode auth key pair; register the .pub with `festa server register-node`."""
+    """Create a site's SuperNode auth key pair (register the .pub with `festa server
+    register-node`) and its client certificate for the body service (mutual TLS)."""
     issued = _run(certs.node_key, directory, site, force=force)
     out.print(
         f"{site}: private key {issued.key} (0600, stays at the site), public key {issued.cert}"
     )
+    client = _run(certs.issue_client_cert, directory, site, force=force)
+    out.print(f"{site}: body-service client certificate {client.cert}, key {client.key} (0600)")
 
 
 @app.command()

@@ -164,6 +164,7 @@ def run_config(s: ServerSettings) -> dict[str, RunConfigValue]:
     if not s.server.insecure:
         cfg["body-cert"] = str(s.cert("body.pem").resolve())  # type: ignore[union-attr]
         cfg["body-key"] = str(s.cert("body.key").resolve())  # type: ignore[union-attr]
+        cfg["body-ca"] = str(s.cert("ca.pem").resolve())  # type: ignore[union-attr]  # mutual TLS
     cfg.update(s.run.config)
     if not cfg["out"]:
         cfg["out"] = str((s.server.state_dir / "runs").resolve() / "{run-id}")

@@ -118,7 +118,7 @@ class FlowerTransport:
 
 def config_from_run_config(run_config: dict[str, Any]) -> tuple[FederationConfig, dict[str, Any]]:
     """Flat Flower run-config keys (`rounds`, `model.depth`, ...) -> FederationConfig + extras."""
-    extras_keys = {"out", "resume", "preset", "store", "body-cert", "body-key"}
+    extras_keys = {"out", "resume", "preset", "store", "body-cert", "body-key", "body-ca"}
     nested: dict[str, Any] = {}
     extras = {k: run_config[k] for k in extras_keys if k in run_config}
     for key, value in run_config.items():
@@ -142,16 +142,20 @@ def config_from_run_config(run_config: dict[str, Any]) -> tuple[FederationConfig
 
 def body_tls(extras: dict[str, Any]) -> TlsFiles | None:
     """The body service's TLS identity from run-config keys `body-cert` / `body-key` (both or
-    neither; neither = plaintext, for loopback simulation only)."""
+    neither; neither = plaintext, for loopback simulation only); `body-ca` also makes the port
+    mutual TLS, requiring client certificates from that CA."""
     cert, key = str(extras.get("body-cert") or ""), str(extras.get("body-key") or "")
+    ca = str(extras.get("body-ca") or "")
     if not cert and not key:
+        if ca:
+            raise ValueError("run config: body-ca (mutual TLS) needs body-cert and body-key")
         return None
     if not cert or not key:
         raise ValueError("run config: set both body-cert and body-key, or neither")
-    for name, path in (("body-cert", cert), ("body-key", key)):
-        if not Path(path).is_file():
+    for name, path in (("body-cert", cert), ("body-key", key), ("body-ca", ca)):
+        if path and not Path(path).is_file():
             raise FileNotFoundError(f"run config {name}: no file at {path}")
-    return TlsFiles(Path(cert), Path(key))
+    return TlsFiles(Path(cert), Path(key), client_ca=Path(ca) if ca else None)
 
 
 def _open_store(path: Any) -> Any:

@@ -1,6 +1,8 @@
 """The gRPC body service: the shared transformer body, served to clients per round."""
 
-from festa.server.body_service.service import BodyService, RoundReport, TlsFiles
+from festa.server.body_service.round_state import RoundReport
+from festa.server.body_service.service import BodyService
+from festa.server.body_service.tls import TlsFiles
 from festa.server.body_service.tokens import (
     ExpiredTokenError,
     InvalidTokenError,

@@ -1,5 +1,6 @@
 """The body-service wire contract, shared by both sides: the tensor codec, the protobuf
-messages (`proto/`) and the copy between the two (`messages`)."""
+messages (`proto/`), the copy between the two (`messages`) and the transport limits both
+ends share (`transport`)."""
 
 from festa.shared.wire.codec import (
     WIRE_DTYPES,
@@ -17,8 +18,15 @@ from festa.shared.wire.codec import (
     decode,
     encode,
 )
+from festa.shared.wire.transport import (
+    ENVELOPE_BYTES,
+    SESSION_TOKEN_METADATA,
+    message_size_options,
+)
 
 __all__ = [
+    "ENVELOPE_BYTES",
+    "SESSION_TOKEN_METADATA",
     "WIRE_DTYPES",
     "BatchTooLarge",
     "MessageTooLarge",
@@ -33,4 +41,5 @@ __all__ = [
     "check_token_header",
     "decode",
     "encode",
+    "message_size_options",
 ]

@@ -153,6 +153,7 @@ def make_certs(d: Path) -> Path:
     certs.issue_server_cert(d, "body")
     for site in [*SITES, "rogue"]:
         certs.node_key(d, site)
+        certs.issue_client_cert(d, site)  # the body port is mutual TLS
     return d
 
 

@@ -61,6 +61,8 @@ def test_valid_files_give_tls_and_node_auth_commands(tmp_path, cdir):
     assert out.exit_code == 0, out.output
     assert "--root-certificates" in out.output and "--auth-supernode-private-key" in out.output
     assert 'site-id="site-a"' in out.output and "body-ca=" in out.output
+    # the body port is mutual TLS: the site presents the certificate `festa certs node` issued
+    assert f"body-cert=\"{(cdir / 'clients' / 'site-a.pem').resolve()}\"" in out.output
 
 
 @pytest.mark.parametrize(
@@ -86,6 +88,7 @@ def test_bad_server_files_name_the_key(tmp_path, cdir, sections, key):
         ({"site": {"id": "a b"}}, "site.id"),
         ({"site": {"data": "/nonexistent"}}, "site.data"),
         ({"auth": {"private-key": "/nonexistent"}}, "auth.private-key"),
+        ({"auth": {"body-cert": "/nonexistent"}}, "auth.body-cert"),
         ({"superlink": {"insecure": True, "address": "10.1.2.3:9092"}}, "superlink.insecure"),
         ({"restoration": {"enabled": True}}, "restoration.config"),
         ({"supernode": {"colour": "red"}}, "supernode.colour"),

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from flwr.cli.supernode.register import try_load_public_key
 from flwr.supercore.primitives.asymmetric import uses_nist_ec_curve
 from typer.testing import CliRunner
@@ -33,9 +34,14 @@ def test_cli_issues_a_ca_server_certs_and_node_keys(tmp_path: Path) -> None:
     ):
         result = runner.invoke(app, [*args, "--dir", str(d)])
         assert result.exit_code == 0, result.output
-    for key in ("ca.key", "superlink.key", "body.key", "nodes/site-a.key"):
+    for key in ("ca.key", "superlink.key", "body.key", "nodes/site-a.key", "clients/site-a.key"):
         assert _mode(d / key) == 0o600, key
     ca = x509.load_pem_x509_certificate((d / "ca.pem").read_bytes())
+    # The site's client certificate for the body service's mutual-TLS port.
+    client = x509.load_pem_x509_certificate((d / "clients" / "site-a.pem").read_bytes())
+    client.verify_directly_issued_by(ca)
+    usage = client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]
     for name in ("superlink", "body"):
         cert = x509.load_pem_x509_certificate((d / f"{name}.pem").read_bytes())
         cert.verify_directly_issued_by(ca)

@@ -6,10 +6,12 @@ import copy
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import torch
 from torch import nn
@@ -18,6 +20,7 @@ from festa.server.body_service import BodyService, issue_token
 from festa.shared.config import ModelConfig
 from festa.shared.model.body import Body
 from festa.shared.model.head import Head
+from festa.shared.wire.proto import body_pb2, body_pb2_grpc
 
 REPO_ROOT_FOR_SUBPROCESS = str(Path(__file__).resolve().parents[3])
 SECRET = b"test-secret-for-the-body-service"
@@ -119,3 +122,53 @@ def start_client_process(
         stdout=subprocess.PIPE,
         text=True,
     )
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    """Poll `predicate` until it holds; fail naming `what` if it does not within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class IdleStreams:
+    """`n` body-service streams on `channel` that never send a message, so never authenticate
+    (with `metadata`, they carry it as the opening headers); held open until `close()`.
+    `refused` collects the status codes of those the server ended."""
+
+    def __init__(
+        self, channel: grpc.Channel, n: int, metadata: list[tuple[str, str]] | None = None
+    ):
+        self._release = threading.Event()
+        self._lock = threading.Lock()
+        self.refused: list[grpc.StatusCode] = []
+        stub = body_pb2_grpc.BodyServiceStub(channel)
+        self.calls = [
+            stub.Session(self._silent(), timeout=300, metadata=metadata) for _ in range(n)
+        ]
+        for call in self.calls:
+            threading.Thread(target=self._watch, args=(call,), daemon=True).start()
+
+    def _silent(self) -> Iterator[body_pb2.ClientMessage]:
+        self._release.wait()
+        yield from ()
+
+    def _watch(self, call: Any) -> None:
+        try:
+            for _ in call:
+                pass
+        except grpc.RpcError as exc:
+            if not self._release.is_set():
+                with self._lock:
+                    self.refused.append(exc.code())
+
+    def count_refused(self) -> int:
+        with self._lock:
+            return len(self.refused)
+
+    def close(self) -> None:
+        self._release.set()
+        for call in self.calls:
+            call.cancel()
