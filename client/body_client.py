@@ -17,6 +17,8 @@ opened with that depth; `welcome.pipeline_depth` says what the round allows).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import queue
 from collections.abc import Iterator
 from typing import Any
@@ -45,6 +47,15 @@ class BodyServiceError(RuntimeError):
         super().__init__(f"body service: {name}: {reason}")
         self.code = code
         self.reason = reason
+
+
+@dataclass(frozen=True)
+class LinkTls:
+    """What a site presents on the body port: the CA that signed the service certificate (PEM)
+    and, on a mutual-TLS port, the site's own certificate chain and private key (PEM)."""
+
+    root_cert: bytes
+    client_cert: tuple[bytes, bytes] | None = None
 
 
 class RemoteBodyLink:

@@ -9,30 +9,41 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from festa.client.body_client import RemoteBodyLink
-from festa.client.local_training import evaluate_site, train_round
-from festa.client.restored_data import from_site_daemon, with_scanner
-from festa.client.site_data import SiteData, deployed_site, simulated_site
+from festa.client.local_training import (
+    describe_site,
+    evaluate_instruction,
+    parse_config,
+    simulation_site,
+    train_instruction,
+)
+from festa.client.restored_data import from_site_daemon
+from festa.client.site_data import SiteData, deployed_site
 from festa.shared.config import FederationConfig
+from festa.client.body_client import LinkTls
 from festa.shared.runtime import configure_process
-from festa.shared.train.task_model import TaskModel
 
 log = logging.getLogger(__name__)
 app = ClientApp()
+
+
+class _ActorShutdownFilter(logging.Filter):
+    """Drop flwr's "Manually terminating ClientAppActor": Ray actors log it at WARNING level on
+    every normal end of a simulation (flwr 1.42), which reads as a fault in the run's output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Manually terminating")
+
+
+logging.getLogger("flwr").addFilter(_ActorShutdownFilter())
 
 # Many clients share few cores in simulation; one thread each avoids thrashing.
 configure_process(threads=1)
 
 
-@lru_cache(maxsize=8)
-def _parse(config_json: str) -> FederationConfig:
-    return FederationConfig.model_validate_json(config_json)
-
-
 def _site(cfg: FederationConfig, context: Context) -> SiteData:
     node = context.node_config
     if "partition-id" in node:  # simulation: one slice of the pooled data
-        return _simulated(cfg.model_dump_json(), int(node["partition-id"]))
+        return simulation_site(cfg, int(node["partition-id"]))
     missing = [k for k in ("site-id", "task", "data-path") if k not in node]
     if missing:
         raise ValueError(f"node config lacks {missing}: start the SuperNode with --node-config")
@@ -46,12 +57,6 @@ def _site(cfg: FederationConfig, context: Context) -> SiteData:
     )
 
 
-@lru_cache(maxsize=8)
-def _simulated(config_json: str, partition_id: int) -> SiteData:
-    cfg = _parse(config_json)
-    return with_scanner(cfg, simulated_site(cfg, partition_id), partition_id)
-
-
 @lru_cache(maxsize=4)
 def _deployed(
     site_id: str, task: str, data_path: str, size: int, seed: int, restore_state: str
@@ -61,71 +66,39 @@ def _deployed(
     return from_site_daemon(site, restore_state, size) if restore_state else site
 
 
-@app.query("describe")
-def describe(msg: Message, context: Context) -> Message:
-    cfg = _parse(str(msg.content["config"]["festa-config"]))
-    site = _site(cfg, context)
-    info = ConfigRecord(
-        {
-            "site-id": site.site_id,
-            "task": site.task,
-            "num-train": int(len(site.train_indices)),
-            "num-val": int(len(site.val_indices)),
-        }
-    )
-    return Message(RecordDict({"site": info}), reply_to=msg)
-
-
-def _prepare(msg: Message, context: Context) -> tuple[FederationConfig, SiteData, TaskModel, dict]:
-    config = msg.content["config"]
-    cfg = _parse(str(config["festa-config"]))
-    site = _site(cfg, context)
-    if site.task != config["task"]:
-        raise ValueError(f"server sent task {config['task']!r} to a {site.task!r} site")
-    model = TaskModel.build(site.task, cfg.model)
-    model.load_state_dict(msg.content["weights"].to_torch_state_dict())
-    return cfg, site, model.to(cfg.device), config
-
-
-def _link(cfg: FederationConfig, config: dict, context: Context) -> RemoteBodyLink:
-    """The body-service stream; TLS pinned to the deployment CA when node config has `body-ca`,
-    presenting the site's client certificate (`body-cert` / `body-key`) when it has one."""
+def _body_tls(context: Context) -> LinkTls | None:
+    """TLS pinned to the deployment CA when node config has `body-ca`, presenting the site's
+    client certificate (`body-cert` / `body-key`) when it has one."""
     node = context.node_config
     ca, cert, key = (str(node.get(k, "") or "") for k in ("body-ca", "body-cert", "body-key"))
-    root = Path(ca).read_bytes() if ca else None
+    if not ca:
+        return None
     identity = (Path(cert).read_bytes(), Path(key).read_bytes()) if cert and key else None
-    return RemoteBodyLink(
-        str(config["body-endpoint"]),
-        str(config["token"]),
-        wire_dtype=cfg.wire,
-        tls_root_cert=root,
-        tls_client_cert=identity,
-    )
+    return LinkTls(Path(ca).read_bytes(), identity)
+
+
+def _unpack(msg: Message, context: Context) -> tuple[SiteData, dict, ConfigRecord]:
+    config = msg.content["config"]
+    site = _site(parse_config(str(config["festa-config"])), context)
+    return site, msg.content["weights"].to_torch_state_dict(), config
+
+
+@app.query("describe")
+def describe(msg: Message, context: Context) -> Message:
+    site = _site(parse_config(str(msg.content["config"]["festa-config"])), context)
+    return Message(RecordDict({"site": ConfigRecord(describe_site(site))}), reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    cfg, site, model, config = _prepare(msg, context)
-    with _link(cfg, config, context) as link:
-        metrics = train_round(cfg, site, model, link, int(config["round"]))
-        metrics["bytes-sent"] = link.bytes_sent
-        metrics["bytes-received"] = link.bytes_received
-    metrics.update({f"restoration-{k}": v for k, v in site.restoration.items()})
-    content = RecordDict(
-        {
-            "weights": ArrayRecord(model.state_dict()),
-            "metrics": MetricRecord({k: float(v) for k, v in metrics.items()}),
-        }
-    )
+    site, state, config = _unpack(msg, context)
+    new_state, metrics = train_instruction(site, state, config, _body_tls(context))
+    content = RecordDict({"weights": ArrayRecord(new_state), "metrics": MetricRecord(metrics)})
     return Message(content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    cfg, site, model, config = _prepare(msg, context)
-    with _link(cfg, config, context) as link:
-        metrics = evaluate_site(cfg, site, model, link, int(config["round"]))
-    return Message(
-        RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()})}),
-        reply_to=msg,
-    )
+    site, state, config = _unpack(msg, context)
+    metrics = evaluate_instruction(site, state, config, _body_tls(context))
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -1,18 +1,28 @@
-"""What a client does in a round, without Flower: train its head/tail against the body, evaluate."""
+"""What a client does in a round, without Flower: train its head/tail against the body, evaluate.
+
+The message handlers are plain functions (`describe_site`, `train_instruction`,
+`evaluate_instruction`): the Flower ClientApp (`client.flower_app`) unpacks a message and calls
+them, and so does the in-process transport (`simulations.inprocess`), so both run one client.
+Each takes the server's message config (round, task, body endpoint, session token, the run's
+`FederationConfig` as JSON) and the task's head/tail weights.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
 
-from festa.client.site_data import SiteData
+from festa.client.body_client import LinkTls, RemoteBodyLink
+from festa.client.restored_data import with_scanner
+from festa.client.site_data import SiteData, simulated_site
 from festa.shared.config import FederationConfig
-from festa.shared.model.permutation import TokenPermutation
 from festa.shared.model.pipeline import PipelinedBodyLink, split_train_pipelined
-from festa.shared.model.split import BodyLink, split_train_step
+from festa.shared.model.split import BodyLink, permuted_body, split_train_step
 from festa.shared.model.token_noise import with_token_noise
 from festa.shared.train.task_model import TaskModel, cycle_batches, evaluate, make_loader, to_device
 
@@ -127,13 +137,94 @@ def evaluate_site(
     link = with_token_noise(
         link, cfg.token_noise, noise_seed(cfg, round_number, site.site_id, evaluation=True)
     )
-
-    def body(tokens: torch.Tensor) -> torch.Tensor:
-        if not cfg.permute:
-            return link.evaluate(tokens)
-        perm = TokenPermutation(tokens.shape[1], gen)
-        return perm.unshuffle(link.evaluate(perm.shuffle(tokens)))
-
+    body = permuted_body(link, gen, cfg.permute)
     metrics = evaluate(model, loader, body, cfg.model, cfg.device)
     metrics["num-examples"] = int(len(site.val_indices))
     return metrics
+
+
+# ---- the message handlers, shared by every transport ----------------------------------------
+
+
+@lru_cache(maxsize=8)
+def parse_config(config_json: str) -> FederationConfig:
+    """The run's `FederationConfig` from the JSON the server sends in every message."""
+    return FederationConfig.model_validate_json(config_json)
+
+
+@lru_cache(maxsize=8)
+def _simulation_site(config_json: str, partition_id: int) -> SiteData:
+    cfg = parse_config(config_json)
+    return with_scanner(cfg, simulated_site(cfg, partition_id), partition_id)
+
+
+def simulation_site(cfg: FederationConfig, partition_id: int) -> SiteData:
+    """Client `partition_id` of a simulated federation, with its scanner (degradation and
+    restoration per `cfg`); built once per (config, partition) in a process."""
+    return _simulation_site(cfg.model_dump_json(), partition_id)
+
+
+def describe_site(site: SiteData) -> dict[str, str | int]:
+    """What a node tells the server in the opening `query.describe`."""
+    return {
+        "site-id": site.site_id,
+        "task": site.task,
+        "num-train": int(len(site.train_indices)),
+        "num-val": int(len(site.val_indices)),
+    }
+
+
+def open_body_link(
+    cfg: FederationConfig, config: Mapping[str, Any], tls: LinkTls | None = None
+) -> RemoteBodyLink:
+    """The body-service stream the server's message points at (TLS as `tls` says; plaintext
+    only on the loopback simulation)."""
+    return RemoteBodyLink(
+        str(config["body-endpoint"]),
+        str(config["token"]),
+        wire_dtype=cfg.wire,
+        tls_root_cert=tls.root_cert if tls else None,
+        tls_client_cert=tls.client_cert if tls else None,
+    )
+
+
+def _model_for(
+    cfg: FederationConfig, site: SiteData, config: Mapping[str, Any], state: Mapping[str, Any]
+) -> TaskModel:
+    if site.task != config["task"]:
+        raise ValueError(f"server sent task {config['task']!r} to a {site.task!r} site")
+    model = TaskModel.build(site.task, cfg.model)
+    model.load_state_dict(dict(state))
+    return model.to(cfg.device)
+
+
+def train_instruction(
+    site: SiteData,
+    state: Mapping[str, torch.Tensor],
+    config: Mapping[str, Any],
+    tls: LinkTls | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Handle a `train` message: the task's head/tail `state` trained for one round through the
+    body service; returns the new state and the reply metrics (traffic, restoration counts)."""
+    cfg = parse_config(str(config["festa-config"]))
+    model = _model_for(cfg, site, config, state)
+    with open_body_link(cfg, config, tls) as link:
+        metrics = train_round(cfg, site, model, link, int(config["round"]))
+        metrics["bytes-sent"] = link.bytes_sent
+        metrics["bytes-received"] = link.bytes_received
+    metrics.update({f"restoration-{k}": v for k, v in site.restoration.items()})
+    return model.state_dict(), {k: float(v) for k, v in metrics.items()}
+
+
+def evaluate_instruction(
+    site: SiteData,
+    state: Mapping[str, torch.Tensor],
+    config: Mapping[str, Any],
+    tls: LinkTls | None = None,
+) -> dict[str, float]:
+    """Handle an `evaluate` message: validation metrics of `state` through the body service."""
+    cfg = parse_config(str(config["festa-config"]))
+    model = _model_for(cfg, site, config, state)
+    with open_body_link(cfg, config, tls) as link:
+        metrics = evaluate_site(cfg, site, model, link, int(config["round"]))
+    return {k: float(v) for k, v in metrics.items()}

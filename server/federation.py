@@ -1,8 +1,25 @@
 """The federation's server side, without Flower: rounds, tokens, per-task FedAvg, checkpoints.
 
-`Federation.run(transport)` drives a whole run. The transport (the Flower glue in
-`server.flower_app`) only moves one `train`/`evaluate` message per client per round; the
-per-batch traffic goes through the in-process `BodyService`.
+`Federation(cfg, out_dir).run(transport)` drives a whole run: the one round loop of festa.
+The transport only moves one `train`/`evaluate` message per client per round; the per-batch
+traffic goes through the `BodyService` this object starts (gRPC, on `cfg.body_port`).
+
+Two transports implement `Transport`:
+
+- `FlowerTransport(grid)` (`server.flower_app`): Flower messages to SuperNodes, in deployment
+  (`flwr run`) and in Flower's simulation engine (`festa simulate`, the default engine);
+- `InProcessTransport(cfg)` (`simulations.inprocess`): every client a plain object in this
+  process running the same handlers (`client.local_training`) against the same body service
+  over loopback; no Ray, no Flower messages (`festa simulate --engine inprocess`). For fast
+  experiments and benchmarks::
+
+      from festa.simulations.inprocess import InProcessTransport
+      summary = Federation(cfg, "runs/x").run(InProcessTransport(cfg))
+
+A benchmark that needs a different round writes a transport (or reads `Federation.history`),
+never its own loop. The pieces of a round other callers need (each task's seeded initial
+head/tail, FedAvg within task groups, validation means weighted by size) are the functions
+`initial_task_states`, `fedavg_by_task` and `weighted_means` below.
 """
 
 from __future__ import annotations
@@ -11,6 +28,7 @@ import logging
 import secrets
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,8 +37,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from festa.server.body_service.service import BodyService
-from festa.server.body_service.tokens import issue_token
+from festa.server.body_service import BodyService, RoundReport, TlsFiles, issue_token
+from festa.server.records import BodyRound, ClientRound, RoundRecord
+from festa.server.store.recorder import RunRecorder
+from festa.server.store.runstore import RunStore
 from festa.shared.config import FederationConfig
 from festa.shared.fedavg import fedavg
 from festa.shared.model.body import Body
@@ -78,6 +98,43 @@ class Transport(Protocol):
     ) -> list[Reply]: ...
 
 
+def initial_task_states(cfg: FederationConfig) -> dict[str, dict[str, torch.Tensor]]:
+    """Each task's head/tail at round 0: one seeded initialisation per task (seed + 1 + its
+    index in `cfg.tasks`), which every client of the task starts from."""
+    states = {}
+    for index, name in enumerate(cfg.tasks):
+        torch.manual_seed(cfg.seed + 1 + index)
+        states[name] = TaskModel.build(name, cfg.model).state_dict()
+    return states
+
+
+def fedavg_by_task(
+    states: Sequence[dict[str, torch.Tensor]], tasks: Sequence[str], weights: Sequence[float]
+) -> dict[str, dict[str, torch.Tensor]]:
+    """FedAvg within each task group (`states[i]` of task `tasks[i]`, weight `weights[i]`);
+    different tasks never average together."""
+    groups: dict[str, list[int]] = {}
+    for i, task in enumerate(tasks):
+        groups.setdefault(task, []).append(i)
+    return {
+        task: fedavg([states[i] for i in members], [weights[i] for i in members])
+        for task, members in groups.items()
+    }
+
+
+def weighted_means(
+    metrics: Sequence[dict[str, float]], weights: Sequence[float]
+) -> dict[str, float]:
+    """The weighted mean of every metric all of `metrics` report (e.g. over a task's sites,
+    by validation size)."""
+    keys = set.intersection(*(set(m) for m in metrics)) if metrics else set()
+    total = sum(weights)
+    return {
+        k: sum(m[k] * w for m, w in zip(metrics, weights, strict=True)) / total
+        for k in sorted(keys)
+    }
+
+
 class Federation:
     """Server-side state of one run and the round loop that evolves it."""
 
@@ -87,16 +144,16 @@ class Federation:
         out_dir: str | Path,
         *,
         resume: bool = False,
-        store: Any = None,
+        store: RunStore | None = None,
         console: Console | None = None,
-        tls: Any = None,
+        tls: TlsFiles | None = None,
     ):
         self.cfg = cfg
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "checkpoints").mkdir(exist_ok=True)
         self.console = console or Console()
-        self.store = store
+        self.recorder = RunRecorder(store)
         self.tls = tls
         seed_everything(cfg.seed)
         ckpt = self._read_checkpoint() if resume else None
@@ -114,14 +171,10 @@ class Federation:
             run_id=self.run_id,
         )
         # Every task starts from one seeded initialisation; every client of a task from its average.
-        self.task_states: dict[str, dict[str, torch.Tensor]] = {}
-        for name in cfg.tasks:
-            torch.manual_seed(cfg.seed + 1 + cfg.tasks.index(name))
-            self.task_states[name] = TaskModel.build(name, cfg.model).state_dict()
+        self.task_states = initial_task_states(cfg)
         self.client_states: dict[str, dict[str, torch.Tensor]] = {}
-        self.history: list[dict[str, Any]] = []
+        self.history: list[RoundRecord] = []
         self.reply_states: dict[str, dict[str, torch.Tensor]] = {}  # last round's, for audit
-        self.store_run: int | None = None  # this run's id in the run store
         self.excluded: set[str] = set()
         self.start_round = 1
         self.started = time.time()
@@ -139,11 +192,11 @@ class Federation:
         endpoint = cfg.body_endpoint or f"{cfg.body_host}:{port}"
         state = "failed"
         try:
-            self._open_store_run()
+            self.recorder.open(self.out.name, cfg.model_dump(), cfg.rounds)
             clients = transport.describe(cfg, timeout_s=cfg.round_timeout_s)
             self._show_roster(clients)
             for c in clients:
-                self._store("mark_client", c.site_id, True, node_id=c.node_id, task=c.task)
+                self.recorder.client_online(c.site_id, c.node_id, c.task)
             for r in range(self.start_round, cfg.rounds + 1):
                 if self._apply_admin_actions():
                     state = "stopped"
@@ -159,7 +212,7 @@ class Federation:
             return summary
         finally:
             self.body.stop()
-            self._store("finish_run", state)
+            self.recorder.run_finished(state)
 
     # ---- sites that come back -----------------------------------------------------------------
 
@@ -169,12 +222,10 @@ class Federation:
         authentication, or comes back under a new one without it)."""
         wait_s = self.cfg.rejoin_wait_s
         last = self.history[-1] if self.history else None
-        if wait_s <= 0 or last is None or last["round"] != r - 1:
+        if wait_s <= 0 or last is None or last.round != r - 1:
             return clients
         missing = {
-            site
-            for site, c in last["clients"].items()
-            if c["dropped"] and site not in self.excluded
+            site for site, c in last.clients.items() if c.dropped and site not in self.excluded
         }
         if not missing:
             return clients
@@ -198,10 +249,8 @@ class Federation:
                     roster[info.site_id] = info
                     missing.discard(info.site_id)
                     self.console.print(f"[green]round {r}: {info.site_id} rejoined[/]")
-                    self._store("record_event", "rejoined", info.site_id, site_id=info.site_id)
-                    self._store(
-                        "mark_client", info.site_id, True, node_id=info.node_id, task=info.task
-                    )
+                    self.recorder.event("rejoined", info.site_id, site_id=info.site_id)
+                    self.recorder.client_online(info.site_id, info.node_id, info.task)
             if missing:
                 time.sleep(min(1.0, max(deadline - time.monotonic(), 0)))
         if missing:
@@ -210,39 +259,17 @@ class Federation:
             )
         return [roster[c.site_id] for c in clients]
 
-    # ---- run store (optional) ----------------------------------------------------------------
-
-    def _store(self, method: str, *args: Any, **kwargs: Any) -> None:
-        """Call a run-store writer for this run; a store failure is logged, never fatal."""
-        if self.store is None or self.store_run is None:
-            return
-        try:
-            getattr(self.store, method)(self.store_run, *args, **kwargs)
-        except Exception:  # the run matters more than its dashboard
-            log.exception("run store: %s failed", method)
-
-    def _open_store_run(self) -> None:
-        if self.store is None:
-            return
-        if self.store_run is not None:  # resumed
-            self.store.resume_run(self.store_run)
-        else:
-            self.store_run = self.store.create_run(
-                self.out.name, self.cfg.model_dump(), self.cfg.rounds
-            )
+    # ---- console actions ----------------------------------------------------------------------
 
     def _apply_admin_actions(self) -> bool:
         """Apply console actions (stop, exclude a site); True when the run must stop."""
-        if self.store is None or self.store_run is None:
-            return False
         stop = False
-        for action in self.store.pending_actions(self.store_run):
+        for action in self.recorder.pending_actions():
             if action["kind"] == "stop":
                 stop = True
             elif action["kind"] == "exclude_site":
                 self.excluded.add(action["site_id"])
                 self.console.print(f"[yellow]site {action['site_id']} excluded by the console[/]")
-            self.store.ack_action(action["id"])
         return stop
 
     def _round(
@@ -252,7 +279,7 @@ class Federation:
         phase = cfg.schedule.phase(r, cfg.rounds)
         train_body = cfg.schedule.trains_body(phase)
         started = time.perf_counter()
-        self._store("start_round", r, phase)
+        self.recorder.round_started(r, phase)
         self.body.open_round(
             r,
             {str(c.node_id): c.task for c in clients},
@@ -287,19 +314,19 @@ class Federation:
             raise RuntimeError(f"round {r}: every client failed: {dropped}")
         for site, why in dropped.items():
             self.console.print(f"[yellow]round {r}: dropped {site}: {why}[/]")
-            self._store("record_event", "dropped", f"{site}: {why}", site_id=site)
-            self._store("mark_client", site, False)
+            self.recorder.event("dropped", f"{site}: {why}", site_id=site)
+            self.recorder.client_offline(site)
 
         # FedAvg within each task group; tasks never average together.
         ok = [rep for rep in replies if rep.client.site_id not in dropped]
         if cfg.schedule.unifies(r, cfg.rounds):
-            for task in cfg.tasks:
-                group = [rep for rep in ok if rep.client.task == task]
-                if group:
-                    self.task_states[task] = fedavg(
-                        [self.client_states[rep.client.site_id] for rep in group],
-                        [max(rep.metrics.get("num-examples", 1), 1) for rep in group],
-                    )
+            self.task_states.update(
+                fedavg_by_task(
+                    [self.client_states[rep.client.site_id] for rep in ok],
+                    [rep.client.task for rep in ok],
+                    [max(rep.metrics.get("num-examples", 1), 1) for rep in ok],
+                )
+            )
             self.client_states.clear()
 
         # Evaluate each task's model on its clients' validation data through the body.
@@ -324,9 +351,9 @@ class Federation:
             r, phase, train_body, replies, evals, dropped, report, eval_report, started
         )
         self.history.append(record)
-        append_jsonl(self.out / "rounds.jsonl", record)
+        append_jsonl(self.out / "rounds.jsonl", record.to_json())
         self._save_checkpoint(r)
-        self._write_store(record)
+        self.recorder.round_finished(record)
         self._show_round(record)
 
     # ---- messages --------------------------------------------------------------------------
@@ -358,27 +385,36 @@ class Federation:
     # ---- records ---------------------------------------------------------------------------
 
     def _round_record(
-        self, r, phase, train_body, replies, evals, dropped, report, eval_report, started
-    ):
-        clients = {}
+        self,
+        r: int,
+        phase: str,
+        train_body: bool,
+        replies: list[Reply],
+        evals: list[Reply],
+        dropped: dict[str, str],
+        report: RoundReport,
+        eval_report: RoundReport,
+        started: float,
+    ) -> RoundRecord:
+        clients: dict[str, ClientRound] = {}
         for reply in replies:
             node = str(reply.client.node_id)
-            clients[reply.client.site_id] = {
-                "node_id": node,
-                "task": reply.client.task,
-                "num_examples": int(reply.metrics.get("num-examples", 0)),
-                "examples_seen": int(reply.metrics.get("examples-seen", 0)),
-                "train_loss": reply.metrics.get("train-loss"),
-                "bytes_sent": int(report.bytes_in.get(node, 0)),
-                "bytes_received": int(report.bytes_out.get(node, 0)),
-                "seconds": reply.metrics.get("seconds"),
-                "dropped": dropped.get(reply.client.site_id),
-                "restoration": {
+            clients[reply.client.site_id] = ClientRound(
+                node_id=node,
+                task=reply.client.task,
+                num_examples=int(reply.metrics.get("num-examples", 0)),
+                examples_seen=int(reply.metrics.get("examples-seen", 0)),
+                train_loss=reply.metrics.get("train-loss"),
+                bytes_sent=int(report.bytes_in.get(node, 0)),
+                bytes_received=int(report.bytes_out.get(node, 0)),
+                seconds=reply.metrics.get("seconds"),
+                dropped=dropped.get(reply.client.site_id),
+                restoration={
                     k.removeprefix("restoration-"): int(v)
                     for k, v in reply.metrics.items()
                     if k.startswith("restoration-")
                 },
-            }
+            )
         per_task: dict[str, dict[str, float]] = {}
         for task in self.cfg.tasks:
             group = [
@@ -388,75 +424,36 @@ class Federation:
             ]
             if not group:
                 continue
-            weights = [e.metrics["num-examples"] for e in group]
-            keys = set.intersection(*(set(e.metrics) for e in group)) - {"num-examples"}
-            per_task[task] = {
-                k: sum(e.metrics[k] * w for e, w in zip(group, weights, strict=True)) / sum(weights)
-                for k in sorted(keys)
-            }
+            val = [{k: v for k, v in e.metrics.items() if k != "num-examples"} for e in group]
+            per_task[task] = weighted_means(val, [e.metrics["num-examples"] for e in group])
             for e in group:
-                clients[e.client.site_id]["val"] = {k: e.metrics[k] for k in keys}
-        return {
-            "round": r,
-            "phase": phase,
-            "train_body": train_body,
-            "tasks": per_task,
-            "clients": clients,
-            "dropped": dropped,
-            "body": {
-                "steps": report.steps,
-                "tokens": report.tokens_processed + eval_report.tokens_processed,
-                "train_seconds": report.seconds,
-            },
-            "bytes_total": sum(c["bytes_sent"] + c["bytes_received"] for c in clients.values()),
-            "seconds": time.perf_counter() - started,
-        }
-
-    def _write_store(self, record: dict[str, Any]) -> None:
-        r = record["round"]
-        for task, metrics in record["tasks"].items():
-            self._store("record_task_metrics", r, task, metrics)
-        for site, c in record["clients"].items():
-            self._store(
-                "record_client_round",
-                r,
-                c["node_id"],
-                site,
-                c["task"],
-                c["num_examples"],
-                c["bytes_sent"],
-                c["bytes_received"],
-                c.get("val") or {},
-                c["dropped"],
-            )
-            counts = c.get("restoration") or {}
-            if counts.get("degraded"):
-                self._store(
-                    "record_restoration",
-                    r,
-                    site,
-                    counts.get("restored", 0),
-                    counts.get("pending", 0),
-                    counts.get("quarantined", 0),
-                )
-        secs = record["body"]["train_seconds"] or 1e-9
-        self._store(
-            "record_body_throughput", r, record["body"]["tokens"] / secs, record["body"]["steps"]
+                clients[e.client.site_id].val = {k: e.metrics[k] for k in per_task[task]}
+        return RoundRecord(
+            round=r,
+            phase=phase,
+            train_body=train_body,
+            tasks=per_task,
+            clients=clients,
+            dropped=dropped,
+            body=BodyRound(
+                steps=report.steps,
+                tokens=report.tokens_processed + eval_report.tokens_processed,
+                train_seconds=report.seconds,
+            ),
+            bytes_total=sum(c.bytes_total for c in clients.values()),
+            seconds=time.perf_counter() - started,
         )
-        self._store("finish_round", r, record["seconds"])
 
     def _summary(self, clients: list[ClientInfo]) -> dict[str, Any]:
-        last = self.history[-1] if self.history else {"tasks": {}}
         return {
             "run_id": self.run_id,
-            "final": last["tasks"],
+            "final": self.history[-1].tasks if self.history else {},
             "rounds": self.cfg.rounds,
             "clients": [vars(c) for c in clients],
             "bytes_per_client_per_round": [
-                {site: c["bytes_sent"] + c["bytes_received"] for site, c in h["clients"].items()}
-                for h in self.history
+                {site: c.bytes_total for site, c in h.clients.items()} for h in self.history
             ],
-            "dropped": {h["round"]: h["dropped"] for h in self.history if h["dropped"]},
+            "dropped": {h.round: h.dropped for h in self.history if h.dropped},
             "wall_seconds": time.time() - self.started,
             "seed": self.cfg.seed,
             "config": self.cfg.model_dump(),
@@ -477,8 +474,8 @@ class Federation:
                 "task_states": self.task_states,
                 "client_states": self.client_states,
                 "reply_states": self.reply_states,
-                "history": self.history,
-                "store_run": self.store_run,
+                "history": [h.to_json() for h in self.history],
+                "store_run": self.recorder.run_id,
                 "excluded": sorted(self.excluded),
                 "rng": torch.get_rng_state(),
             },
@@ -487,7 +484,7 @@ class Federation:
         tmp.replace(path)
         shutil.copyfile(path, self.out / "checkpoints" / "latest.tmp")
         (self.out / "checkpoints" / "latest.tmp").replace(self.out / "checkpoints" / "latest.pt")
-        self._store("record_checkpoint", r, str(path))
+        self.recorder.checkpoint(r, str(path))
 
     def _read_checkpoint(self) -> dict[str, Any]:
         path = self.out / "checkpoints" / "latest.pt"
@@ -503,15 +500,15 @@ class Federation:
         self.body.load_state_dict(ckpt["body"])
         self.task_states = ckpt["task_states"]
         self.client_states = ckpt["client_states"]
-        self.history = ckpt["history"]
-        self.store_run = ckpt.get("store_run")
+        self.history = [RoundRecord.from_json(h) for h in ckpt["history"]]
+        self.recorder.run_id = ckpt.get("store_run")
         self.excluded = set(ckpt.get("excluded", []))
         torch.set_rng_state(ckpt["rng"])
         self.start_round = ckpt["round"] + 1
         # rounds.jsonl may hold rounds after the checkpoint if the crash came between writes.
         (self.out / "rounds.jsonl").write_text("")
         for h in self.history:
-            append_jsonl(self.out / "rounds.jsonl", h)
+            append_jsonl(self.out / "rounds.jsonl", h.to_json())
         self.console.print(f"resuming run {self.run_id} at round {self.start_round}")
 
     # ---- console output --------------------------------------------------------------------
@@ -524,13 +521,13 @@ class Federation:
             table.add_row(c.site_id, str(c.node_id), c.task, str(c.num_train), str(c.num_val))
         self.console.print(table)
 
-    def _show_round(self, record: dict[str, Any]) -> None:
-        parts = [f"[bold]round {record['round']}/{self.cfg.rounds}[/] {record['phase']:<13}"]
-        for task, m in record["tasks"].items():
+    def _show_round(self, record: RoundRecord) -> None:
+        parts = [f"[bold]round {record.round}/{self.cfg.rounds}[/] {record.phase:<13}"]
+        for task, m in record.tasks.items():
             key = primary_metric(task)
             if key in m:
                 parts.append(f"{task[:4]} {key}={m[key]:.3f}")
-        parts.append(f"{record['bytes_total'] / 1e6:.1f} MB  {record['seconds']:.1f} s")
-        if record["dropped"]:
-            parts.append(f"[yellow]dropped: {', '.join(record['dropped'])}[/]")
+        parts.append(f"{record.bytes_total / 1e6:.1f} MB  {record.seconds:.1f} s")
+        if record.dropped:
+            parts.append(f"[yellow]dropped: {', '.join(record.dropped)}[/]")
         self.console.print("  ".join(parts))

@@ -10,8 +10,9 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from festa.server.body_service.service import TlsFiles
+from festa.server.body_service import TlsFiles
 from festa.server.federation import ClientInfo, Federation, Instruction, Reply
+from festa.server.store import RunStore
 from festa.shared.config import FederationConfig, model_preset, validate
 
 log = logging.getLogger(__name__)
@@ -158,20 +159,16 @@ def body_tls(extras: dict[str, Any]) -> TlsFiles | None:
     return TlsFiles(Path(cert), Path(key), client_ca=Path(ca) if ca else None)
 
 
-def _open_store(path: Any) -> Any:
+def _open_store(path: Any) -> RunStore | None:
     """The run store named by run-config key `store` (a SQLite path or URL), or None."""
-    if not path:
-        return None
-    from festa.server.store import RunStore
-
-    return RunStore(str(path))
+    return RunStore(str(path)) if path else None
 
 
 def make_server_app(
     cfg: FederationConfig | None = None,
     out_dir: str | Path | None = None,
     resume: bool = False,
-    store: Any = None,
+    store: RunStore | None = None,
 ) -> ServerApp:
     """A ServerApp bound to `cfg` (festa simulate), or reading Flower's run config (`flwr run`)."""
     app = ServerApp()

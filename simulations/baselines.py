@@ -17,8 +17,8 @@ from torch import nn
 
 from festa.client.local_training import round_seed
 from festa.client.site_data import SiteData, simulated_site
+from festa.server.federation import fedavg_by_task, initial_task_states, weighted_means
 from festa.shared.config import FederationConfig
-from festa.shared.fedavg import fedavg
 from festa.shared.model.body import Body
 from festa.shared.train.task_model import TaskModel, cycle_batches, evaluate, make_loader, to_device
 
@@ -26,10 +26,10 @@ from festa.shared.train.task_model import TaskModel, cycle_batches, evaluate, ma
 class FullModel(nn.Module):
     """head -> body -> tail in one module (no split)."""
 
-    def __init__(self, task: str, cfg: FederationConfig):
+    def __init__(self, task: str, cfg: FederationConfig, task_state: dict[str, torch.Tensor]):
         super().__init__()
-        torch.manual_seed(cfg.seed + 1 + cfg.tasks.index(task))
         self.parts = TaskModel.build(task, cfg.model)
+        self.parts.load_state_dict(task_state)  # festa's per-task initialisation
         self.head, self.tail = self.parts.head, self.parts.tail
         torch.manual_seed(cfg.seed)
         self.body = Body(cfg.model)
@@ -65,11 +65,7 @@ def _evaluate(
             loader = make_loader(site.val, site.val_indices, 2 * cfg.optim.batch_size, False, 0)
             results.append(evaluate(model.parts, loader, model.body, cfg.model, cfg.device))
             weights.append(len(site.val_indices))
-        keys = set.intersection(*(set(r) for r in results)) if results else set()
-        per_task[task] = {
-            k: sum(r[k] * w for r, w in zip(results, weights, strict=True)) / sum(weights)
-            for k in keys
-        }
+        per_task[task] = weighted_means(results, weights)
     return per_task
 
 
@@ -78,17 +74,24 @@ def run_baseline(cfg: FederationConfig, kind: str) -> dict[str, Any]:
     if kind not in ("local", "fedavg"):
         raise ValueError(kind)
     sites = {s.site_id: s for s in (simulated_site(cfg, i) for i in range(cfg.clients))}
-    models = {name: FullModel(site.task, cfg).to(cfg.device) for name, site in sites.items()}
+    initial = initial_task_states(cfg)
+    models = {
+        name: FullModel(site.task, cfg, initial[site.task]).to(cfg.device)
+        for name, site in sites.items()
+    }
     for r in range(1, cfg.rounds + 1):
         for name, site in sites.items():
             _train(models[name], cfg, site, r)
         examples = {name: len(site.train_indices) for name, site in sites.items()}
         if kind == "fedavg":
-            for task in cfg.tasks:
-                group = [n for n, s in sites.items() if s.task == task]
-                avg = fedavg([models[n].state_dict() for n in group], [examples[n] for n in group])
-                for n in group:
-                    models[n].load_state_dict(avg)
+            names = list(sites)
+            averaged = fedavg_by_task(
+                [models[n].state_dict() for n in names],
+                [sites[n].task for n in names],
+                [examples[n] for n in names],
+            )
+            for n in names:
+                models[n].load_state_dict(averaged[sites[n].task])
     params = sum(p.numel() for p in next(iter(models.values())).parameters())
     # FedAvg moves the whole fp32 model down and up once per round; local-only moves nothing.
     traffic = 2 * 4 * params if kind == "fedavg" else 0

@@ -2,24 +2,26 @@
 
     python -m simulations.bench_wan            # ~14 min on 2 loaded cores; add --depths 2,4,8 for K=2 too
 
-A real body service runs in this process; every site reaches it through its own user-space WAN
-link (`simulations.netem`, one proxy subprocess per site: RTT 20 or 80 ms, 100 Mbit/s each
-way), or directly over loopback. Each site is a thread running the real client path:
-`client.local_training.train_round` with a `RemoteBodyLink` over that link (tiny preset,
-64 px phantoms, 3 sites = 3 tasks, 15 local steps of batch 16, torch single-threaded).
+Every measurement is a real `server.federation.Federation` run over the in-process transport
+(`simulations.inprocess`): the product's round loop and body service in this process, each site
+a client thread running the product's client handlers (`client.local_training`). Every site
+reaches the body service through its own user-space WAN link (`simulations.netem`, one proxy
+subprocess per site: RTT 20 or 80 ms, 100 Mbit/s each way; the transport's `endpoints`), or
+directly over loopback (tiny preset, 64 px phantoms, 3 sites = 3 tasks, 15 local steps of
+batch 16, torch single-threaded).
 
-What is timed ("round s"): the split-training part of one round, from the moment every site
-thread is released (models built, data loaded) until the last site has finished its 15 steps
-and closed its stream; it includes connecting over the link (TCP + HTTP/2 + Hello). Flower's
-own messages (one per site per round) are not included. Each configuration is measured
-`--repeats` times, interleaved with the others so that load from other processes hits all of
-them alike; the table shows the median. The body is reset to the same weights before every
-measured round, and every site trains on the same batches in every configuration.
+What is timed ("round s"): the training half of one round, the transport's `train` send: from
+the release of every site's thread until the last site has finished its 15 steps and closed
+its stream; it includes building the model and connecting over the link (TCP + HTTP/2 +
+Hello). Flower's own messages (one per site per round) are not included. Each configuration
+is measured `--repeats` times, interleaved with the others so that load from other processes
+hits all of them alike; the table shows the median. Each measured round is round 1 of a fresh
+run, so the body starts from the same weights and every site trains on the same batches.
 
-Accuracy effect: the same 3 sites train for `--rounds` rounds in process over loopback (body
-trains every round, heads/tails averaged per task after each) with each schedule, and the
-validation primary metric of every task (`shared.tasks.primary_metric`) is reported, mean and
-range of `--accuracy-repeats` runs; at K > 1 each `--body-lr` rule is a schedule of its own.
+Accuracy effect: the same 3 sites train for `--rounds` rounds over loopback (body trains every
+round, heads/tails averaged per task after each) with each schedule, and the final validation
+primary metric of every task (`shared.tasks.primary_metric`) is reported, mean and range of
+`--accuracy-repeats` runs; at K > 1 each `--body-lr` rule is a schedule of its own.
 
     python -m simulations.bench_wan --skip-round-time   # accuracy only, ~8 min The
 network does not change the numbers a schedule computes (async interleaving aside), only its
@@ -29,12 +31,12 @@ time, so accuracy is measured without the proxies.
 from __future__ import annotations
 
 import argparse
-import copy
 import re
+import socket
 import statistics
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -46,21 +48,22 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from festa.client.body_client import RemoteBodyLink
-from festa.client.local_training import evaluate_site, train_round
-from festa.client.site_data import SiteData, simulated_site
-from festa.server.body_service import BodyService, issue_token
-from festa.shared.config import DataConfig, FederationConfig, OptimConfig, model_preset
-from festa.shared.fedavg import fedavg
-from festa.shared.model.body import Body
-from festa.shared.model.pipeline import staleness_lr_scale
+from festa.client.site_data import federation_plan
+from festa.server.federation import Federation
+from festa.server.records import RoundRecord
+from festa.shared.config import (
+    DataConfig,
+    FederationConfig,
+    OptimConfig,
+    ScheduleConfig,
+    model_preset,
+)
 from festa.shared.tasks import primary_metric
-from festa.shared.train.task_model import TaskModel
 from festa.simulations.benchmark_table import machine_line, publish
+from festa.simulations.inprocess import InProcessTransport
 
 REPO = Path(__file__).resolve().parents[1]
-SECRET = b"bench-wan-secret"
-RUN_ID = "bench-wan"
+QUIET = Console(quiet=True)  # the runs' own round lines; the benchmark shows a progress bar
 
 
 BODY_LR_LABEL = {"constant": "x1", "sqrt": "/sqrt K", "linear": "/K"}
@@ -120,90 +123,45 @@ def wan_proxy(target_port: int, rtt_ms: float, rate_mbit: float) -> Iterator[str
 
 
 class Bench:
-    """A body service, the sites and their initial weights; one measured round per call."""
+    """The base config and a work folder; every measurement is a real `Federation` run over
+    the in-process transport (the product's round loop, body service and client code)."""
 
-    def __init__(self, cfg: FederationConfig, stack: ExitStack):
-        self.cfg = cfg
-        self.sites: list[SiteData] = [simulated_site(cfg, i) for i in range(cfg.clients)]
-        torch.manual_seed(cfg.seed)
-        self.body_init = Body(cfg.model)
-        self.service = stack.enter_context(
-            BodyService(
-                copy.deepcopy(self.body_init),
-                cfg.model,
-                secret=SECRET,
-                lr=cfg.optim.lr,
-                run_id=RUN_ID,
-            )
-        )
-        self.port = self.service.start("127.0.0.1", 0)
-        self.initial_state = self.service.state_dict()
-        self.task_init: dict[str, dict[str, torch.Tensor]] = {}
-        for i, task in enumerate(cfg.tasks):
-            torch.manual_seed(cfg.seed + 1 + i)
-            self.task_init[task] = TaskModel.build(task, cfg.model).state_dict()
-        self.round_id = 0
+    def __init__(self, cfg: FederationConfig, work: Path):
+        # A fixed body port, so that the WAN proxies can be started before the service.
+        self.cfg = cfg.model_copy(update={"body_port": _free_port()})
+        self.site_ids = federation_plan(cfg)[1]
+        self.port = self.cfg.body_port
+        self.work = work
+        self.runs = 0
 
-    def round(
-        self,
-        cfg: FederationConfig,
-        targets: list[str],
-        states: dict[str, dict[str, torch.Tensor]] | None = None,
-        reset_body: bool = True,
-        round_number: int = 1,
-    ) -> tuple[Measured, list[TaskModel]]:
-        """Every site trains one round through `targets[i]`; returns the time and the models."""
-        if reset_body:
-            self.service.load_state_dict(self.initial_state)
-        self.round_id += 1
-        rid = self.round_id
-        participants = {s.site_id: s.task for s in self.sites}
-        self.service.open_round(
-            rid,
-            participants,
-            train_body=True,
-            mode=cfg.mode,
-            step_deadline_s=300,
-            pipeline_depth=cfg.pipeline_depth,
-            lr_scale=staleness_lr_scale(cfg.pipeline_depth, cfg.pipeline_body_lr),
-        )
-        states = states or self.task_init
-        models = []
-        for site in self.sites:
-            model = TaskModel.build(site.task, cfg.model)
-            model.load_state_dict(states[site.task])
-            models.append(model)
-        barrier = threading.Barrier(len(self.sites) + 1)
-        finished: list[float] = [0.0] * len(self.sites)
-        traffic: list[tuple[int, int]] = [(0, 0)] * len(self.sites)
-        errors: list[BaseException] = []
+    def run(
+        self, cfg: FederationConfig, endpoints: dict[str, str] | None = None
+    ) -> tuple[dict[str, Any], InProcessTransport, list[RoundRecord]]:
+        """One whole run of `cfg` (its own folder, the body from its seeded initialisation);
+        site i dials `endpoints[site]` when given."""
+        self.runs += 1
+        transport = InProcessTransport(cfg, endpoints)
+        federation = Federation(cfg, self.work / f"run-{self.runs:03d}", console=QUIET)
+        summary = federation.run(transport)
+        return summary, transport, federation.history
 
-        def site_thread(i: int) -> None:
-            site = self.sites[i]
-            tok = issue_token(SECRET, RUN_ID, rid, site.site_id, site.task, ttl_s=3600)
-            barrier.wait()
-            try:
-                with RemoteBodyLink(targets[i], tok, wire_dtype=cfg.wire) as link:
-                    train_round(cfg, site, models[i], link, round_number)
-                traffic[i] = (link.bytes_sent, link.bytes_received)
-            except BaseException as exc:  # re-raised below
-                errors.append(exc)
-            finished[i] = time.perf_counter()
+    def round(self, cfg: FederationConfig, endpoints: dict[str, str] | None = None) -> Measured:
+        """One training round (the body trains) with every site through its endpoint."""
+        _, transport, history = self.run(cfg.model_copy(update={"rounds": 1}), endpoints)
+        record = history[0]
+        if record.dropped:
+            raise RuntimeError(f"a site failed: {record.dropped}")
+        train = next(t for t in transport.timings if t.kind == "train")
+        clients = record.clients.values()
+        up = statistics.mean(c.bytes_sent for c in clients)
+        down = statistics.mean(c.bytes_received for c in clients)
+        return Measured(train.seconds, int(up), int(down))
 
-        threads = [threading.Thread(target=site_thread, args=(i,)) for i in range(len(self.sites))]
-        for thread in threads:
-            thread.start()
-        barrier.wait()
-        started = time.perf_counter()
-        for thread in threads:
-            thread.join()
-        report = self.service.close_round()
-        if errors or report.dropped:
-            raise RuntimeError(f"a site failed: {errors or report.dropped}")
-        seconds = max(finished) - started
-        up = statistics.mean(t[0] for t in traffic)
-        down = statistics.mean(t[1] for t in traffic)
-        return Measured(seconds, int(up), int(down)), models
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def bench_round_time(
@@ -217,25 +175,25 @@ def bench_round_time(
 ) -> dict[tuple[str, float, Schedule], list[Measured]]:
     results: dict[tuple[str, float, Schedule], list[Measured]] = {}
     with ExitStack() as stack:
-        targets = {
-            rtt: [
-                stack.enter_context(wan_proxy(bench.port, rtt, rate_mbit))
-                if rtt > 0
-                else f"127.0.0.1:{bench.port}"
-                for _ in bench.sites
-            ]
+        endpoints = {
+            rtt: {
+                site: stack.enter_context(wan_proxy(bench.port, rtt, rate_mbit))
+                for site in bench.site_ids
+            }
+            if rtt > 0
+            else None
             for rtt in rtts
         }
         total = repeats * len(wires) * len(rtts) * len(schedules)
         task = progress.add_task("rounds (wire x RTT x schedule)", total=total)
         for rtt in rtts:  # warm-up, not measured: first connections, loaders, allocator
-            bench.round(bench.cfg, targets[rtt])
+            bench.round(bench.cfg, endpoints[rtt])
         for _ in range(repeats):
             for wire in wires:
                 for rtt in rtts:
                     for schedule in schedules:
                         cfg = schedule.config(bench.cfg, wire=wire)
-                        measured, _ = bench.round(cfg, targets[rtt])
+                        measured = bench.round(cfg, endpoints[rtt])
                         results.setdefault((wire, rtt, schedule), []).append(measured)
                         progress.advance(task)
     return results
@@ -245,53 +203,20 @@ def bench_accuracy(
     bench: Bench, schedules: list[Schedule], rounds: int, repeats: int, progress: Progress
 ) -> dict[Schedule, list[dict[str, float]]]:
     """`rounds` rounds of each schedule over loopback, `repeats` times (interleaved); the final
-    validation primary metric per task of every repeat (heads/tails averaged per task after
-    every round, as FeSTA's unify step does). Repeats differ only by the async interleaving."""
+    validation primary metric per task of every repeat (the body trains every round and the
+    heads/tails are averaged per task after every round). Repeats differ only by the async
+    interleaving."""
     out: dict[Schedule, list[dict[str, float]]] = {}
-    direct = [f"127.0.0.1:{bench.port}"] * len(bench.sites)
-    task = progress.add_task("accuracy rounds", total=repeats * rounds * len(schedules))
+    task = progress.add_task("accuracy runs", total=repeats * len(schedules))
     for _ in range(repeats):
         for schedule in schedules:
-            cfg = schedule.config(bench.cfg)
-            bench.service.load_state_dict(bench.initial_state)
-            states = copy.deepcopy(bench.task_init)
-            for r in range(1, rounds + 1):
-                _, models = bench.round(cfg, direct, states, reset_body=False, round_number=r)
-                for name in cfg.tasks:
-                    members = [
-                        (m, s) for m, s in zip(models, bench.sites, strict=True) if s.task == name
-                    ]
-                    states[name] = fedavg(
-                        [m.state_dict() for m, _ in members],
-                        [float(len(s.train_indices)) for _, s in members],
-                    )
-                progress.advance(task)
-            out.setdefault(schedule, []).append(_evaluate(bench, cfg, states))
+            summary, _, _ = bench.run(schedule.config(bench.cfg, rounds=rounds))
+            final = summary["final"]
+            out.setdefault(schedule, []).append(
+                {t: final.get(t, {}).get(primary_metric(t), float("nan")) for t in bench.cfg.tasks}
+            )
+            progress.advance(task)
     return out
-
-
-def _evaluate(
-    bench: Bench, cfg: FederationConfig, states: dict[str, dict[str, torch.Tensor]]
-) -> dict[str, float]:
-    bench.round_id += 1
-    participants = {s.site_id: s.task for s in bench.sites}
-    bench.service.open_round(bench.round_id, participants, train_body=False, mode="async")
-    per_task: dict[str, list[tuple[float, int]]] = {}
-    try:
-        for site in bench.sites:
-            model = TaskModel.build(site.task, cfg.model)
-            model.load_state_dict(states[site.task])
-            tok = issue_token(SECRET, RUN_ID, bench.round_id, site.site_id, site.task, 3600)
-            with RemoteBodyLink(f"127.0.0.1:{bench.port}", tok) as link:
-                metrics = evaluate_site(cfg, site, model, link, cfg.rounds)
-            value = metrics.get(primary_metric(site.task), float("nan"))
-            per_task.setdefault(site.task, []).append((value, metrics["num-examples"]))
-    finally:
-        bench.service.close_round()
-    return {
-        task: sum(v * n for v, n in values) / max(1, sum(n for _, n in values))
-        for task, values in per_task.items()
-    }
 
 
 def _base_config(args: argparse.Namespace) -> FederationConfig:
@@ -307,6 +232,9 @@ def _base_config(args: argparse.Namespace) -> FederationConfig:
         degrade="none",
         restore="none",
         seed=0,
+        # Every round trains the body and averages heads/tails; the loaded CPU is slow.
+        schedule=ScheduleConfig(warmup_rounds=args.rounds, finetune_rounds=0),
+        step_deadline_s=300,
     )
 
 
@@ -349,8 +277,11 @@ def main(argv: list[str] | None = None) -> None:
     ]
     console = Console()
     started = time.perf_counter()
-    with ExitStack() as stack, Progress(console=Console(stderr=True)) as progress:
-        bench = Bench(cfg, stack)
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-wan-") as work,
+        Progress(console=Console(stderr=True)) as progress,
+    ):
+        bench = Bench(cfg, Path(work))
         times = (
             {}
             if args.skip_round_time

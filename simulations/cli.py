@@ -61,6 +61,13 @@ def simulate(
     resume: Annotated[
         bool, typer.Option("--resume", help="continue the run in --out from its last checkpoint")
     ] = False,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="flower: Flower's simulation engine (Ray); inprocess: clients as plain objects "
+            "in this process (fast experiments)"
+        ),
+    ] = "flower",
 ) -> None:
     """Run a small non-IID federation on this machine (Flower simulation engine + body service)."""
     try:
@@ -101,13 +108,20 @@ def simulate(
     except ConfigError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
+    from festa.simulations.simulate import ENGINES, run_simulation
+
+    if engine not in ENGINES:
+        console.print(
+            f"[red]error:[/] --engine must be one of {', '.join(ENGINES)}, not {engine!r}"
+        )
+        raise typer.Exit(2)
     if resume and out is None:
         console.print("[red]error:[/] --resume needs --out pointing at the run to continue")
         raise typer.Exit(2)
     out = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    from festa.simulations.simulate import run_simulation
-
-    summary = run_simulation(cfg, out, resume=resume, store_path=store, console=console)
+    summary = run_simulation(
+        cfg, out, resume=resume, store_path=store, console=console, engine=engine
+    )
     console.print(f"final metrics: {summary['final']}")
 
 

@@ -1,9 +1,19 @@
-"""`festa simulate`: a non-IID federation on one machine through Flower's simulation engine."""
+"""`festa simulate`: a non-IID federation on one machine.
+
+Two engines run the same `server.federation.Federation` round loop and the same client
+handlers against the same gRPC body service:
+
+- "flower" (default): Flower's simulation engine (Ray virtual SuperNodes), the engine `flwr run`
+  uses for simulation, so the Flower glue (`server.flower_app`, `client.flower_app`) runs too;
+- "inprocess": `simulations.inprocess.InProcessTransport`, every client a plain object in this
+  process (no Ray, no Flower messages): for fast experiments.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import time
@@ -18,6 +28,8 @@ from festa.shared.runinfo import write_json
 
 log = logging.getLogger(__name__)
 
+ENGINES = ("flower", "inprocess")
+
 
 def run_simulation(
     cfg: FederationConfig,
@@ -26,14 +38,13 @@ def run_simulation(
     resume: bool = False,
     store_path: str | Path | None = None,
     console: Console | None = None,
+    engine: str = "flower",
 ) -> dict[str, Any]:
-    """Run `cfg` with `cfg.clients` virtual SuperNodes; returns the run's summary."""
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    from flwr.simulation import run_simulation as flwr_run_simulation
-
-    from festa.client.flower_app import app as client_app
+    """Run `cfg` with `cfg.clients` simulated sites on `engine` ("flower": Flower's simulation
+    engine, or "inprocess"); returns the run's summary."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
     from festa.client.site_data import federation_plan
-    from festa.server.flower_app import make_server_app
     from festa.server.run_plots import write_report
 
     console = console or Console()
@@ -45,12 +56,6 @@ def run_simulation(
     console.print(table)
     write_json(out / "partition.json", rows)
 
-    cpus = os.cpu_count() or 1
-    backend = {
-        # Every client must run at once: sync mode waits for all of them at each body step.
-        "client_resources": {"num_cpus": cpus / cfg.clients, "num_gpus": 0.0},
-        "init_args": {"num_cpus": cpus, "include_dashboard": False, "log_to_driver": True},
-    }
     store = None
     if store_path is not None:
         from festa.server.store import RunStore
@@ -58,6 +63,52 @@ def run_simulation(
         Path(store_path).parent.mkdir(parents=True, exist_ok=True)
         store = RunStore(store_path)
     started = time.time()
+    try:
+        if engine == "inprocess":
+            from festa.server.federation import Federation
+            from festa.simulations.inprocess import InProcessTransport
+
+            Federation(cfg, out, resume=resume, store=store, console=console).run(
+                InProcessTransport(cfg)
+            )
+        else:
+            _run_flower(cfg, out, resume, store)
+    finally:
+        if store is not None:
+            store.close()
+    summary_path = out / "summary.json"
+    if not summary_path.exists():
+        raise RuntimeError(f"the simulation ended without a summary; see the log above and {out}")
+    write_report(out)
+    console.print(f"done in {time.time() - started:.0f} s -> {out}")
+    return json.loads(summary_path.read_text())
+
+
+def _run_flower(cfg: FederationConfig, out: Path, resume: bool, store: Any) -> None:
+    """The run on Flower's simulation engine: `cfg.clients` Ray virtual SuperNodes.
+
+    flwr 1.42 deprecates its Python entry point `flwr.simulation.run_simulation` in favour of
+    `flwr run`, whose simulation runtime (`flwr.simulation.app`) calls
+    `flwr.simulation.run_simulation._run_simulation` with the apps it loaded. We call that
+    function with our apps directly: the same engine as `flwr run`, without the deprecation
+    banner, and with the run's config, run store and output folder passed as objects.
+    """
+    # Ray's FutureWarning about overriding accelerator env vars for num_gpus=0: opt into the
+    # future behaviour (we never use GPUs in simulated clients). Must be set before Ray starts.
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    from flwr.supercore.telemetry import EventType
+    from flwr.simulation.run_simulation import _run_simulation
+
+    from festa.client.flower_app import app as client_app
+    from festa.server.flower_app import make_server_app
+
+    cpus = os.cpu_count() or 1
+    backend = {
+        # Every client must run at once: sync mode waits for all of them at each body step.
+        "client_resources": {"num_cpus": cpus / cfg.clients, "num_gpus": 0.0},
+        "init_args": {"num_cpus": cpus, "include_dashboard": False, "log_to_driver": True},
+    }
     # Start Ray before the ServerApp opens the gRPC body service: Ray forks its daemons, and a
     # fork while gRPC threads run can leave them hung (Flower reuses an initialised Ray).
     import ray
@@ -67,25 +118,16 @@ def run_simulation(
         ray.init(**backend["init_args"], logging_level=logging.WARNING)
     try:
         with _workers_for_every_client(cfg.clients):
-            flwr_run_simulation(
+            _run_simulation(
+                num_supernodes=cfg.clients,
+                exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
                 server_app=make_server_app(cfg, out, resume=resume, store=store),
                 client_app=client_app,
-                num_supernodes=cfg.clients,
                 backend_config=backend,
             )
     finally:
         if own_ray:
             ray.shutdown()
-        if store is not None:
-            store.close()
-    summary_path = out / "summary.json"
-    if not summary_path.exists():
-        raise RuntimeError(f"the simulation ended without a summary; see the log above and {out}")
-    write_report(out)
-    console.print(f"done in {time.time() - started:.0f} s -> {out}")
-    import json
-
-    return json.loads(summary_path.read_text())
 
 
 @contextlib.contextmanager

@@ -57,7 +57,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from festa.shared.model.permutation import TokenPermutation
+from festa.shared.model.permutation import IdentityPermutation, TokenPermutation
 from festa.shared.model.split import LossFn, SplitStepResult
 
 
@@ -130,7 +130,7 @@ class LocalPipelinedBodyLink:
 @dataclass
 class _InFlight:
     batch: dict[str, Any]
-    perm: TokenPermutation | None
+    perm: TokenPermutation | IdentityPermutation
 
 
 def split_train_pipelined(
@@ -168,8 +168,8 @@ def split_train_pipelined(
                 break
             with torch.no_grad():
                 tokens = head(batch["image"])  # [B, N, D]
-            perm = TokenPermutation(tokens.shape[1], permutation_generator) if permute else None
-            link.send_forward(next_step, perm.shuffle(tokens) if perm else tokens)
+            perm = TokenPermutation.for_batch(tokens.shape[1], permutation_generator, permute)
+            link.send_forward(next_step, perm.shuffle(tokens))
             in_flight[next_step] = _InFlight(batch, perm)
             next_step += 1
         if not in_flight:
@@ -182,7 +182,7 @@ def split_train_pipelined(
             if step != len(results):
                 raise PipelineProtocolError(f"body output of step {step} out of order")
             body_out = tensor.detach().requires_grad_(True)
-            outputs = tail(entry.perm.unshuffle(body_out) if entry.perm else body_out)
+            outputs = tail(entry.perm.unshuffle(body_out))
             loss = loss_fn(outputs, entry.batch)
             tail_optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -196,7 +196,7 @@ def split_train_pipelined(
                 raise PipelineProtocolError(f"token gradient of step {step} before its output")
             head_optimizer.zero_grad(set_to_none=True)
             tokens = head(entry.batch["image"])  # recomputed with the current head weights
-            (entry.perm.shuffle(tokens) if entry.perm else tokens).backward(tensor)
+            entry.perm.shuffle(tokens).backward(tensor)
             head_optimizer.step()
             del in_flight[step]
         else:

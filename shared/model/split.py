@@ -87,11 +87,10 @@ def split_train_step(
     """
     images = batch["image"]
     tokens = head(images)  # [B, N, D], spatial order, position embedding included
-    perm = TokenPermutation(tokens.shape[1], permutation_generator) if permute else None
-    sent = perm.shuffle(tokens) if perm else tokens
+    perm = TokenPermutation.for_batch(tokens.shape[1], permutation_generator, permute)
+    sent = perm.shuffle(tokens)
     body_out = link.forward(sent.detach()).requires_grad_(True)
-    returned = perm.unshuffle(body_out) if perm else body_out
-    outputs = tail(returned)
+    outputs = tail(perm.unshuffle(body_out))
     loss = loss_fn(outputs, batch)
     loss.backward()
     assert body_out.grad is not None
@@ -110,7 +109,17 @@ def split_forward(
     permute: bool = False,
 ) -> Any:
     """Inference through the seam (no autograd state anywhere)."""
-    tokens = head(images)
-    perm = TokenPermutation(tokens.shape[1], permutation_generator) if permute else None
-    out = link.evaluate(perm.shuffle(tokens) if perm else tokens)
-    return tail(perm.unshuffle(out) if perm else out)
+    return tail(permuted_body(link, permutation_generator, permute)(head(images)))
+
+
+def permuted_body(
+    link: BodyLink, permutation_generator: torch.Generator | None = None, permute: bool = False
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The body as seen from the client at inference: tokens `[B, N, D]` in spatial order ->
+    body output `[B, N, D]` in spatial order, each batch sent in a fresh order when `permute`."""
+
+    def body(tokens: torch.Tensor) -> torch.Tensor:
+        perm = TokenPermutation.for_batch(tokens.shape[1], permutation_generator, permute)
+        return perm.unshuffle(link.evaluate(perm.shuffle(tokens)))
+
+    return body
