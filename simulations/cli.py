@@ -31,7 +31,11 @@ def simulate(
     tasks: Annotated[str | None, typer.Option(help="comma-separated tasks")] = None,
     wire: Annotated[str | None, typer.Option(help="fp32 | fp16 | bf16 | int8")] = None,
     permute: Annotated[
-        bool | None, typer.Option("--permute/--no-permute", help="p-FeSTA token shuffling")
+        bool | None,
+        typer.Option(
+            "--permute/--no-permute",
+            help="p-FeSTA token shuffling (not a privacy measure: the server recovers token positions)",
+        ),
     ] = None,
     token_noise: Annotated[
         float | None,
