@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
 from festa.client.service.auto import estimate
 from festa.client.service.config import SiteConfig
 from festa.client.service.journal import Job, Journal
@@ -186,15 +187,21 @@ class SiteService:
 
     def _refuse_oversized(self, path: Path, size: int) -> Job:
         """Quarantine a file over `watch.max_file_mb` by reason only (no copy is made)."""
-        sha = sha256_file(path)
-        job, created = self.journal.submit(sha, safe_name(path.name), "folder", self.blobs / sha)
+        limit = self.config.watch.max_file_mb
+        return self.refuse_unread(
+            sha256_file(path),
+            path.name,
+            "folder",
+            f"file of {size / 2**20:.1f} MiB exceeds watch.max_file_mb = {limit:g}; not copied",
+        )
+
+    def refuse_unread(
+        self, sha: str, source_name: str, origin: str, reason: str, kind: str = "too_large"
+    ) -> Job:
+        """Journal an input that is refused unread, and quarantine it by reason only."""
+        job, created = self.journal.submit(sha, safe_name(source_name), origin, self.blobs / sha)
         if created:
-            limit = self.config.watch.max_file_mb
-            self.quarantine(
-                job,
-                f"file of {size / 2**20:.1f} MiB exceeds watch.max_file_mb = {limit:g}; not copied",
-                "too_large",
-            )
+            self.quarantine(job, reason, kind)
         return job
 
     # ---- recovery -----------------------------------------------------------------------------

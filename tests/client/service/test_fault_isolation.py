@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pydicom.data
 import pytest
+
 from festa.client.service.config import load_site_config
 from festa.client.service.daemon import SiteService, default_restorer_factory
 from festa.shared.data.phantoms import phantom_images
