@@ -14,6 +14,8 @@ import pydicom.data
 import pydicom.encaps
 import pydicom.uid
 import pytest
+from PIL import Image
+
 from festa.shared.data.imageio import (
     DecoderMissingError,
     ImageReadError,
@@ -21,7 +23,6 @@ from festa.shared.data.imageio import (
     read_dicom_meta,
     read_image,
 )
-from PIL import Image
 
 
 @pytest.fixture(scope="module")
