@@ -12,14 +12,17 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-from festa.client.service.config import load_site_config
+from festa.client.service.config import SiteConfig, load_site_config
 from festa.shared.config import ConfigError
 from festa.shared.runtime import configure_process
+
+if TYPE_CHECKING:
+    from festa.client.service.daemon import SiteService
 
 err = Console(stderr=True)
 
@@ -50,7 +53,8 @@ def _uvicorn_server_class():
 def serve(
     site: Annotated[Path, typer.Option("--site", help="the site's TOML configuration")],
 ) -> None:
-    """Watch the incoming folder and serve the local HTTP API until stopped (Ctrl-C, SIGTERM)."""
+    """Watch the incoming folder, serve the local HTTP API and (with `[dicom]`) receive DICOM
+    C-STORE until stopped (Ctrl-C, SIGTERM)."""
     try:
         config = load_site_config(site)
     except ConfigError as exc:
@@ -67,6 +71,24 @@ def serve(
     except (ConfigError, OSError, ValueError) as exc:
         err.print(f"[red]error:[/red] cannot start site {config.site_id}: {exc}")
         raise typer.Exit(2) from exc
+    receiver = None
+    if config.dicom.enabled:
+        from festa.client.service.dicom_scp import DicomReceiver
+
+        try:
+            receiver = DicomReceiver(service, config.dicom).start()
+        except OSError as exc:
+            err.print(f"[red]error:[/red] cannot start the DICOM receiver: {exc}")
+            raise typer.Exit(2) from exc
+    try:
+        _serve(config, service)
+    finally:
+        if receiver is not None:
+            receiver.stop()
+
+
+def _serve(config: SiteConfig, service: SiteService) -> None:
+    """Run the worker (and the HTTP API when enabled) until SIGTERM/SIGINT."""
     stop = threading.Event()
     if not config.http.enabled:
         for signum in (signal.SIGTERM, signal.SIGINT):

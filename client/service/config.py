@@ -108,6 +108,43 @@ class HttpConfig(FestaModel):
         return self
 
 
+AE_TITLE_PATTERN = r"^[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]{0,15}$"
+"""A DICOM AE title: 1-16 printable ASCII characters, no backslash, no leading space."""
+
+
+class DicomConfig(FestaModel):
+    """DICOM network ingest: a Storage SCP that PACS and modalities push to with C-STORE.
+
+    Only the calling AE titles in `allowed_calling_aets` may associate; datasets over
+    `max_dataset_mb` are refused (status A700) and quarantined by reason only."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(11112, ge=0, le=65535)
+    ae_title: str = Field("FESTA", pattern=AE_TITLE_PATTERN)
+    allowed_calling_aets: list[str] = Field(
+        default_factory=list, description="calling AE titles that may send (all others rejected)"
+    )
+    max_dataset_mb: float = Field(512.0, gt=0)
+
+    @field_validator("allowed_calling_aets")
+    @classmethod
+    def _valid_titles(cls, titles: list[str]) -> list[str]:
+        for title in titles:
+            if not re.match(AE_TITLE_PATTERN, title):
+                raise ValueError(f"{title!r} is not an AE title (1-16 printable ASCII characters)")
+        return titles
+
+    @model_validator(mode="after")
+    def _allow_list_when_enabled(self) -> DicomConfig:
+        if self.enabled and not self.allowed_calling_aets:
+            raise ValueError(
+                "allowed_calling_aets is empty: list the AE titles of the PACS/modalities "
+                "that may send (every other caller is rejected)"
+            )
+        return self
+
+
 class SiteConfig(FestaModel):
     """Everything one site's restoration daemon needs."""
 
@@ -116,6 +153,7 @@ class SiteConfig(FestaModel):
     restore: RestoreConfig
     watch: WatchConfig = WatchConfig()
     http: HttpConfig = HttpConfig()
+    dicom: DicomConfig = DicomConfig()
 
 
 def load_site_config(path: str | Path, **overrides: Any) -> SiteConfig:

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image
 
 from festa.client.service.auto import estimate
 from festa.client.service.config import SiteConfig
@@ -40,7 +39,7 @@ from festa.client.service.storage import (
     sha256_file,
 )
 from festa.shared.config import ConfigError
-from festa.shared.data.imageio import ImageReadError, is_dicom, read_dicom_meta, read_image
+from festa.shared.data.imageio import ImageReadError, input_format, read_dicom_meta, read_image
 
 log = logging.getLogger("festa.site")
 
@@ -121,13 +120,6 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
     )
 
 
-def _input_format(path: Path) -> str:
-    if is_dicom(path):
-        return "dicom"
-    with Image.open(path) as im:
-        return str(im.format).lower()
-
-
 class SiteService:
     """One site's restoration service; thread-safe for one worker plus API threads."""
 
@@ -195,15 +187,21 @@ class SiteService:
 
     def _refuse_oversized(self, path: Path, size: int) -> Job:
         """Quarantine a file over `watch.max_file_mb` by reason only (no copy is made)."""
-        sha = sha256_file(path)
-        job, created = self.journal.submit(sha, safe_name(path.name), "folder", self.blobs / sha)
+        limit = self.config.watch.max_file_mb
+        return self.refuse_unread(
+            sha256_file(path),
+            path.name,
+            "folder",
+            f"file of {size / 2**20:.1f} MiB exceeds watch.max_file_mb = {limit:g}; not copied",
+        )
+
+    def refuse_unread(
+        self, sha: str, source_name: str, origin: str, reason: str, kind: str = "too_large"
+    ) -> Job:
+        """Journal an input that is refused unread, and quarantine it by reason only."""
+        job, created = self.journal.submit(sha, safe_name(source_name), origin, self.blobs / sha)
         if created:
-            limit = self.config.watch.max_file_mb
-            self.quarantine(
-                job,
-                f"file of {size / 2**20:.1f} MiB exceeds watch.max_file_mb = {limit:g}; not copied",
-                "too_large",
-            )
+            self.quarantine(job, reason, kind)
         return job
 
     # ---- recovery -----------------------------------------------------------------------------
@@ -305,10 +303,14 @@ class SiteService:
             return None
         try:
             image = read_image(blob)
-            fmt = _input_format(blob)
+            fmt = input_format(blob)
             meta = read_dicom_meta(blob) if fmt == "dicom" else None
         except ImageReadError as exc:
             self.quarantine(job, exc.reason, exc.kind)
+            return None
+        except Exception as exc:  # a reader bug must cost this input only, never its batch-mates
+            log.exception("reading %s failed unexpectedly", job.sha256[:12])
+            self.quarantine(job, f"cannot read input: {type(exc).__name__}: {exc}", "invalid")
             return None
         if not np.isfinite(image).all():
             self.quarantine(job, "image contains NaN or infinite values", "invalid")
@@ -364,10 +366,18 @@ class SiteService:
         return self._factory(method)
 
     def process(self, jobs: list[Job]) -> None:
-        """Restore or quarantine every job of a claimed batch."""
+        """Restore or quarantine every job of a claimed batch; one job's failure (reading,
+        estimating or restoring it) never changes another job's outcome or reason."""
         groups: dict[tuple[str, str], list[tuple[Job, np.ndarray, dict[str, Any]]]] = {}
         for job in jobs:
-            prepared = self._prepare(job)
+            try:
+                prepared = self._prepare(job)
+            except Exception as exc:  # e.g. the degradation estimate failed on this image
+                log.exception("preparing %s failed", job.sha256[:12])
+                self.quarantine(
+                    job, f"cannot prepare input: {type(exc).__name__}: {exc}", "invalid"
+                )
+                continue
             if prepared is not None:
                 image, record = prepared
                 chosen = record["degradation"]
@@ -400,17 +410,29 @@ class SiteService:
             results = self._restorer(method).restore(images, spec, seed=seed)
         except Exception as exc:  # engine errors (bad SPEC, unsupported input) and failures alike
             log.exception("restoration of %d image(s) with %s failed", len(members), spec)
-            for job, _, _ in members:
-                self.quarantine(
-                    job, f"restoration failed: {type(exc).__name__}: {exc}", "restore_failed"
-                )
+            if len(members) > 1:  # find the offender: each member alone gets its own outcome
+                log.info("restoring the %d members of the failed batch one by one", len(members))
+                for member in members:
+                    self._restore_group(method, spec, [member])
+                return
+            job = members[0][0]
+            self.quarantine(
+                job, f"restoration failed: {type(exc).__name__}: {exc}", "restore_failed"
+            )
             return
         log.info("batch of %d with %s in %.1f s", len(members), spec, time.perf_counter() - started)
         for (job, _, record), result in zip(members, results, strict=True):
-            record["restoration"] = dict(result.provenance)
-            if getattr(result, "kernel", None) is not None:
-                record["restoration"]["kernel"] = np.asarray(result.kernel).tolist()
-            self._write_restored(job, np.asarray(result.image), record)
+            try:
+                record["restoration"] = dict(result.provenance)
+                if getattr(result, "kernel", None) is not None:
+                    record["restoration"]["kernel"] = np.asarray(result.kernel).tolist()
+                image = np.asarray(result.image, dtype=np.float32)
+                if not np.isfinite(image).all():
+                    raise ValueError("restored image has NaN or infinite values")
+            except (TypeError, ValueError, AttributeError) as exc:  # this result only
+                self.quarantine(job, f"unusable restoration: {exc}", "restore_failed")
+                continue
+            self._write_restored(job, image, record)
 
     def run_once(self) -> int:
         """One pass: scan the folder, claim a batch, process it. Returns jobs processed."""

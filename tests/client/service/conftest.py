@@ -109,11 +109,21 @@ class Daemon:
             **os.environ,
             "OMP_NUM_THREADS": "1",
             "HF_HUB_OFFLINE": "1",
-            "PYTHONPATH": str(REPO_ROOT),
+            # keep the caller's path first: it decides which checkout `festa` resolves to
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (os.environ.get("PYTHONPATH"), str(REPO_ROOT)) if p
+            ),
         }
         with open(self.out, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "festa.client.service.cli", "serve", "--site", str(self.toml)],
+                [
+                    sys.executable,
+                    "-m",
+                    "festa.client.service.cli",
+                    "serve",
+                    "--site",
+                    str(self.toml),
+                ],
                 cwd=REPO_ROOT,
                 stdout=out,
                 stderr=subprocess.STDOUT,

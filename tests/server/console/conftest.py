@@ -1,8 +1,18 @@
 """Browser fixtures for the console tests: Debian's chromium driven by Playwright, and a check
-that the page shows what the run store holds (shared by every browser test)."""
+that the page shows what the run store holds (shared by every browser test).
+
+A machine without the browser gets it here (Debian's package, installed once under a lock when
+the tests run as root with apt-get); elsewhere the tests fail saying how to install it. They never
+skip, and Playwright never downloads a browser of its own.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,20 +31,48 @@ CHROMIUM_ARGS = [
     "--disable-dev-shm-usage",  # containers often give /dev/shm only 64 MB
 ]
 WAIT_MS = 20_000
+APT_TIMEOUT_S = 900
+INSTALL_LOCK = Path(tempfile.gettempdir()) / "festa-chromium-install.lock"
+
+
+def _apt_get(*args: str) -> None:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    done = subprocess.run(
+        ["apt-get", *args], env=env, capture_output=True, text=True, timeout=APT_TIMEOUT_S
+    )
+    if done.returncode != 0:
+        pytest.fail(f"apt-get {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+
+
+def ensure_chromium() -> Path:
+    """Debian's chromium at /usr/bin/chromium, installed with apt-get (as root, once, under a
+    lock shared by concurrent test processes) when absent; fails with a clear message if it
+    cannot be had."""
+    if CHROMIUM.is_file():
+        return CHROMIUM
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.fail(
+            f"{CHROMIUM} not found: the console browser tests need Debian's chromium; install it "
+            "with `sudo apt-get install -y chromium` (as root with apt-get the tests do this)"
+        )
+    with open(INSTALL_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another test process may be installing it right now
+        if not CHROMIUM.is_file():
+            _apt_get("update", "-qq")
+            _apt_get("install", "-y", "-qq", "--no-install-recommends", "chromium")
+    if not CHROMIUM.is_file():
+        pytest.fail(f"apt-get installed chromium but {CHROMIUM} is still missing")
+    return CHROMIUM
 
 
 @pytest.fixture(scope="session")
 def browser():
-    """Headless system chromium (never a Playwright-downloaded one); fails if it is absent."""
-    if not CHROMIUM.is_file():
-        pytest.fail(
-            f"{CHROMIUM} not found: the console browser tests need Debian's chromium "
-            "(apt-get install -y chromium; .ci/run installs it)"
-        )
+    """Headless system chromium (never a Playwright-downloaded one), installed if absent."""
+    executable = ensure_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        chromium = pw.chromium.launch(executable_path=str(executable), args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
 

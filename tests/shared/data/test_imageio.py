@@ -10,10 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pydicom.data
+import pydicom.encaps
+import pydicom.uid
 import pytest
 from PIL import Image
 
-from festa.shared.data.imageio import ImageReadError, is_dicom, read_dicom_meta, read_image
+from festa.shared.data.imageio import (
+    DecoderMissingError,
+    ImageReadError,
+    is_dicom,
+    read_dicom_meta,
+    read_image,
+)
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +219,114 @@ def test_original_file_is_untouched(real_dicom: Path, tmp_path: Path) -> None:
     read_image(real_dicom)
     read_dicom_meta(real_dicom)
     assert real_dicom.read_bytes() == before
+
+
+# ---- DICOM as hospitals store it: pydicom's own test corpus ------------------------------------
+
+PYDICOM_DATA = Path(pydicom.data.get_testdata_file("MR_small.dcm")).parent
+
+
+def test_pydicom_corpus_is_decoded_or_refused_with_a_typed_reason() -> None:
+    """Every entry pydicom ships (files, README, folders) is a finite 2-D [0, 1] image or an
+    ImageReadError; pydicom's external test files are not downloaded, only what ships is walked."""
+    entries = sorted(pydicom.data.get_testdata_files())
+    assert len(entries) > 100
+    counts: dict[str, int] = {}
+    for entry in entries:
+        try:
+            image = read_image(entry)
+        except ImageReadError as exc:
+            assert exc.reason, entry
+            counts[exc.kind] = counts.get(exc.kind, 0) + 1
+            continue
+        assert image.ndim == 2 and image.dtype == np.float32, entry
+        assert np.isfinite(image).all() and 0.0 <= image.min() <= image.max() <= 1.0, entry
+        counts["decoded"] = counts.get("decoded", 0) + 1
+    print(f"pydicom corpus: {len(entries)} entries: {dict(sorted(counts.items()))}")
+    assert counts["decoded"] >= 60
+
+
+def _mr_small() -> np.ndarray:
+    return read_image(PYDICOM_DATA / "MR_small.dcm")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MR_small_RLE.dcm",  # RLE lossless
+        "MR_small_jp2klossless.dcm",  # JPEG 2000 lossless
+        "MR_small_jpeg_ls_lossless.dcm",  # JPEG-LS lossless
+        "MR_small_bigendian.dcm",
+        "MR_small_implicit.dcm",
+    ],
+)
+def test_compressed_lossless_dicom_matches_the_uncompressed_original(name: str) -> None:
+    np.testing.assert_allclose(read_image(PYDICOM_DATA / name), _mr_small(), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "SC_rgb_jpeg_dcmtk.dcm",  # JPEG baseline, YBR_FULL
+        "JPGExtended.dcm",  # JPEG extended, 12-bit
+        "JPEGLSNearLossless_16.dcm",  # JPEG-LS near-lossless
+        "JPEG2000.dcm",  # JPEG 2000 lossy
+        "SC_rgb_jpeg_gdcm.dcm",  # JPEG lossless (process 14)
+        "image_dfl.dcm",  # deflated
+    ],
+)
+def test_compressed_transfer_syntaxes_decode(name: str) -> None:
+    image = read_image(PYDICOM_DATA / name)
+    assert image.ndim == 2 and image.std() > 0.01  # real content, not a blank
+
+
+def test_colour_secondary_capture_becomes_its_luma() -> None:
+    rgb = pydicom.dcmread(PYDICOM_DATA / "SC_rgb_dcmtk_+eb+cr.dcm").pixel_array.astype(np.float64)
+    luma = (rgb @ np.array([0.299, 0.587, 0.114])) / 255.0
+    np.testing.assert_allclose(
+        read_image(PYDICOM_DATA / "SC_rgb_dcmtk_+eb+cr.dcm"), luma, atol=1e-6
+    )
+    # the same picture stored as YBR_FULL (lossy JPEG) reads as nearly the same gray image
+    ybr = read_image(PYDICOM_DATA / "SC_rgb_dcmtk_+eb+cy+n1.dcm")
+    assert np.abs(ybr - luma).mean() < 0.02
+
+
+def test_palette_colour_is_refused_with_its_reason() -> None:
+    error = _expect(PYDICOM_DATA / "examples_palette.dcm", "unsupported_channels")
+    assert "PALETTE COLOR" in error.reason
+
+
+def test_malformed_value_is_a_typed_refusal() -> None:
+    """pydicom's badVR.dcm holds "1A" in an integer tag (an untyped ValueError before)."""
+    error = _expect(PYDICOM_DATA / "badVR.dcm", "malformed")
+    assert "1A" in error.reason
+
+
+def test_dicom_without_preamble_reads_like_the_part10_file(
+    real_dicom: Path, tmp_path: Path
+) -> None:
+    ds = pydicom.dcmread(real_dicom)
+    raw = tmp_path / "raw.dcm"
+    del ds.file_meta
+    ds.preamble = None  # no preamble, no meta header: the bare data set
+    ds.save_as(raw, enforce_file_format=False, implicit_vr=True, little_endian=True)
+    assert not is_dicom(raw) and raw.read_bytes()[:2] == b"\x08\x00"
+    np.testing.assert_allclose(read_image(raw), read_image(real_dicom), atol=1e-6)
+    assert read_dicom_meta(raw)["rows"] == int(ds.Rows)
+
+
+def test_missing_decoder_names_the_transfer_syntax(real_dicom: Path, tmp_path: Path) -> None:
+    ds = pydicom.dcmread(real_dicom)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.MPEG2MPML  # no decoder exists for it
+    ds.PixelData = pydicom.encaps.encapsulate([b"\x00" * 64])
+    path = tmp_path / "mpeg2.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(DecoderMissingError) as info:
+        read_image(path)
+    assert info.value.kind == "missing_decoder"
+    assert info.value.transfer_syntax == pydicom.uid.MPEG2MPML
+    assert "MPEG2" in info.value.reason and isinstance(info.value, ImageReadError)
+
+
+def test_a_folder_is_refused_not_raised(tmp_path: Path) -> None:
+    _expect(tmp_path, "unreadable")
