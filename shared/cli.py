@@ -16,7 +16,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from festa.shared.config import CentralConfig, ConfigError, DataConfig, load_toml, model_preset, validate
+from festa.shared.config import (
+    CentralConfig,
+    ConfigError,
+    DataConfig,
+    load_toml,
+    model_preset,
+    validate,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
