@@ -52,7 +52,9 @@ def test_unknown_task_duplicate_ids_and_bad_shard_are_refused(tmp_path):
     with pytest.raises(FederationFileError, match="'a' appears twice"):
         load_federation_file(write(tmp_path, twice))
     with pytest.raises(FederationFileError, match="patient-shard"):
-        load_federation_file(write(tmp_path, site("a", "detection", "phantoms", 'patient-shard = "3/2"')))
+        load_federation_file(
+            write(tmp_path, site("a", "detection", "phantoms", 'patient-shard = "3/2"'))
+        )
 
 
 def test_a_data_folder_without_manifest_is_refused(tmp_path):
@@ -118,7 +120,9 @@ def test_a_single_class_classification_site_is_refused(tmp_path, cxr_folder):
 
 def test_a_site_filter_that_matches_nothing_is_refused(tmp_path, cxr_folder):
     data = cxr_folder(rows("k", list(THREE)))
-    fed = load_federation_file(write(tmp_path, site("z", "segmentation", str(data), 'sites = ["zz"]')))
+    fed = load_federation_file(
+        write(tmp_path, site("z", "segmentation", str(data), 'sites = ["zz"]'))
+    )
     with pytest.raises(FederationFileError, match="site z: no train images"):
         resolve_federation(fed, image_size=32)
 
