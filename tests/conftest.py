@@ -59,7 +59,16 @@ def write_cxr_folder(root: Path, rows: list[dict], size: int = 32) -> Path:
 
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(exist_ok=True)
-    fields = ["id", "file", "site", "patient_id", "finding", "lung_mask", "lung_boxes_xyxy", "split"]
+    fields = [
+        "id",
+        "file",
+        "site",
+        "patient_id",
+        "finding",
+        "lung_mask",
+        "lung_boxes_xyxy",
+        "split",
+    ]
     with (root / "manifest.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fields)
         writer.writeheader()

@@ -14,7 +14,7 @@ THREE = ("normal", "pneumonia-bacterial", "pneumonia-viral")
 def rows(site, findings, split_val=2, mask=True, patients=None):
     """Two train rows per finding and `split_val` val rows of the first findings."""
     out = []
-    for i, f in enumerate(findings * 2):
+    for f in findings * 2:
         out.append({"site": site, "finding": f, "split": "train", "mask": mask})
     for f in (findings * split_val)[:split_val]:
         out.append({"site": site, "finding": f, "split": "val", "mask": mask})
