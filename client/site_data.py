@@ -9,8 +9,15 @@ import numpy as np
 from rich.table import Table
 
 from festa.shared.config import FederationConfig
-from festa.shared.data.datasets import CXRDataset, folder_dataset, load_dataset, phantom_dataset
+from festa.shared.data.datasets import CXRDataset, load_dataset, model_for_data
 from festa.shared.data.partition import assign_tasks, natural, partition, partition_table
+from festa.shared.data.site_datasets import (
+    ResolvedFederation,
+    declared_site_data,
+    resolve_federation,
+    site_indices,
+)
+from festa.shared.federation_file import SiteDeclaration, load_federation_file
 from festa.shared.tasks import get_task
 from festa.shared.train.task_model import task_indices
 
@@ -40,7 +47,21 @@ def federation_plan(
     """Partition of the pooled training data into clients: (parts, client names, tasks, table, rows).
 
     Deterministic in the config, so the server and every simulated client compute the same plan.
+    With a federation file, each client is one declared site and `parts` index its own data.
     """
+    if cfg.federation:
+        fed = declared_federation(cfg)
+        parts = [np.arange(len(s.train)) for s in fed.sites]
+        names = [s.declaration.id for s in fed.sites]
+        tasks = [s.declaration.task for s in fed.sites]
+        table, rows = partition_table(
+            _offsets(parts, [len(s.train) for s in fed.sites]),
+            np.concatenate([s.train.labels for s in fed.sites]),
+            fed.class_names,
+            tasks,
+            names,
+        )
+        return parts, names, tasks, table, rows
     data = cfg.data
     pool = _pooled(data.source, data.train_split, cfg.model.image_size, data.train_size, cfg.seed)
     if cfg.partition == "natural":
@@ -71,8 +92,42 @@ def federation_plan(
     return parts, names, tasks, table, rows
 
 
+def declared_federation(cfg: FederationConfig) -> ResolvedFederation:
+    """The sites of `cfg.federation` with their data (checked against their tasks)."""
+    data = cfg.data
+    folder = data.source if data.source != "phantoms" else ""
+    return _resolved(
+        cfg.federation, folder, cfg.model.image_size, cfg.seed, data.train_split, data.val_split
+    )
+
+
+@lru_cache(maxsize=4)
+def _resolved(
+    path: str, folder: str, size: int, seed: int, train_split: str, val_split: str
+) -> ResolvedFederation:
+    fed = load_federation_file(path, data=folder or None)
+    return resolve_federation(fed, size, seed, train_split, val_split)
+
+
+def _offsets(parts: list[np.ndarray], sizes: list[int]) -> list[np.ndarray]:
+    """Per-site index arrays shifted into one concatenated index space."""
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    return [p + start for p, start in zip(parts, starts, strict=True)]
+
+
 def simulated_site(cfg: FederationConfig, partition_id: int) -> SiteData:
-    """Client `partition_id` of a simulated federation (its slice of the pooled data)."""
+    """Client `partition_id` of a simulated federation (its slice of the pooled data, or its
+    declared site of the federation file)."""
+    if cfg.federation:
+        sites = declared_federation(cfg).sites
+        if not 0 <= partition_id < len(sites):
+            raise ValueError(
+                f"partition {partition_id} out of range: the federation has {len(sites)} sites"
+            )
+        site = sites[partition_id]
+        train_idx, val_idx = site_indices(site)
+        decl = site.declaration
+        return SiteData(decl.id, decl.task, site.train, train_idx, site.val, val_idx)
     parts, names, tasks, _, _ = federation_plan(cfg)
     if not 0 <= partition_id < len(parts):
         raise ValueError(
@@ -101,12 +156,22 @@ def deployed_site(
 ) -> SiteData:
     """A deployed site's own folder (`data_path` with a manifest), or `phantoms` for a demo site."""
     t = get_task(task)
-    if data_path == "phantoms":
-        # A demo site: its own phantom set, seeded by its id so sites differ.
-        site_seed = seed + sum(site_id.encode())
-        train = phantom_dataset(300, image_size, site_seed, site=site_id)
-        val = phantom_dataset(100, image_size, site_seed + 100_003, site=site_id)
-    else:
-        train = folder_dataset(data_path, size=image_size, split="train")
-        val = folder_dataset(data_path, size=image_size, split="val")
+    # The same declaration a federation file holds (a demo site gets phantoms seeded by its id).
+    site = SiteDeclaration(id=site_id, task=task, data=data_path)  # type: ignore[arg-type]
+    train = declared_site_data(site, "train", image_size, seed)
+    val = declared_site_data(site, "val", image_size, seed)
     return SiteData(site_id, task, train, task_indices(train, t), val, task_indices(val, t))
+
+
+def config_for_data(cfg: FederationConfig) -> FederationConfig:
+    """`cfg` made to fit its data: class names and counts from the sites' data, and with a
+    federation file one client per declared site and the tasks they train. Raises
+    FederationFileError (a ConfigError) when a site cannot serve its task."""
+    if cfg.federation:
+        fed = declared_federation(cfg)
+        tasks = list(dict.fromkeys(s.declaration.task for s in fed.sites))
+        update = {"clients": len(fed.sites), "tasks": tasks, "partition": "natural"}
+        return cfg.model_copy(update={**update, "model": fed.model_config(cfg.model)})
+    data = cfg.data
+    pool = _pooled(data.source, data.train_split, cfg.model.image_size, data.train_size, cfg.seed)
+    return cfg.model_copy(update={"model": model_for_data(cfg.model, pool)})

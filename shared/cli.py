@@ -130,6 +130,13 @@ def phantoms_cmd(
     console.print(f"wrote {out}")
 
 
+def _add_inference_commands() -> None:
+    """`festa evaluate`, `festa predict` and `festa export` (they live in `shared.inference`)."""
+    from festa.shared.inference.cli import app as inference_app
+
+    app.registered_commands.extend(inference_app.registered_commands)
+
+
 def _load_plugins() -> None:
     """Attach every `festa.commands` entry point as a sub-command group."""
     for ep in sorted(entry_points(group="festa.commands"), key=lambda e: e.name):
@@ -153,6 +160,7 @@ def _load_plugins() -> None:
 def main() -> None:
     configure_process()  # before any sub-command group imports timm or diffusers
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _add_inference_commands()
     _load_plugins()
     app()
 

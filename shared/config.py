@@ -73,6 +73,12 @@ class ModelConfig(FestaModel):
     mlp_ratio: float = Field(4.0, gt=0)
     num_classes: int = Field(3, ge=2)
     num_box_classes: int = Field(2, ge=1)
+    class_names: tuple[str, ...] = Field(
+        (), description="names of the classification outputs, from the data; empty: phantom classes"
+    )
+    box_class_names: tuple[str, ...] = Field(
+        (), description="names of the detection classes, from the data; empty: phantom classes"
+    )
 
     @model_validator(mode="after")
     def _check_divisibility(self) -> ModelConfig:
@@ -84,6 +90,12 @@ class ModelConfig(FestaModel):
             raise ValueError(
                 f"embed_dim ({self.embed_dim}) must be a multiple of num_heads ({self.num_heads})"
             )
+        for names, count, key in (
+            (self.class_names, self.num_classes, "num_classes"),
+            (self.box_class_names, self.num_box_classes, "num_box_classes"),
+        ):
+            if names and len(names) != count:
+                raise ValueError(f"{key} ({count}) differs from the {len(names)} names given")
         return self
 
     @property
@@ -274,6 +286,9 @@ class FederationConfig(FestaModel):
         "runs/.restore-cache", description="restored images cached by content hash"
     )
     fault: FaultInjection = FaultInjection()
+    federation: str = Field(
+        "", description="federation file (TOML) declaring each site's data and task; empty: none"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:

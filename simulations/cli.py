@@ -56,6 +56,11 @@ def simulate(
     restore_nfe: Annotated[
         int | None, typer.Option(help="restoration network evaluations per image")
     ] = None,
+    federation: Annotated[
+        Path | None,
+        typer.Option(help="federation file (TOML): each site's data and task (one client each)"),
+    ] = None,
+    image_size: Annotated[int | None, typer.Option(help="image side in pixels")] = None,
     preset: Annotated[str, typer.Option(help="model size: tiny or base")] = "tiny",
     seed: Annotated[int | None, typer.Option(help="random seed")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda")] = None,
@@ -108,7 +113,13 @@ def simulate(
             merged["data"] = {**merged["data"], "source": data}
             if data != "phantoms" and partition is None:
                 merged["partition"] = "natural"
-        cfg = validate(FederationConfig, merged, "simulate")
+        if image_size is not None:
+            merged["model"] = {**merged["model"], "image_size": image_size}
+        if federation is not None:
+            merged["federation"] = str(federation.resolve())
+        from festa.client.site_data import config_for_data
+
+        cfg = config_for_data(validate(FederationConfig, merged, "simulate"))
     except ConfigError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc

@@ -2,7 +2,7 @@
 
 A sample is a dict: ``image`` float32 tensor ``[1, H, W]`` in [0, 1]; ``label`` int (-1 when
 unknown); ``mask`` float32 ``[1, H, W]`` or None; ``boxes`` float32 ``[K, 4]`` (x0 y0 x1 y1, px)
-and ``box_labels`` int64 ``[K]`` (K may be 0); ``site`` and ``id`` strings. Datasets load
+and ``box_labels`` int64 ``[K]`` (K may be 0); ``site``, ``patient`` and ``id`` strings. Datasets load
 everything into memory once (tens of MB at 64 px), so bad files are found and reported up front.
 """
 
@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from festa.shared.config import ModelConfig
 from festa.shared.data.imageio import ImageReadError, read_image
 from festa.shared.data.phantoms import BOX_CLASS_NAMES, CLASS_NAMES, make_phantom
 
@@ -63,6 +64,46 @@ class CXRDataset(Dataset):
     def sites(self) -> list[str]:
         return [s["site"] for s in self.samples]
 
+    @property
+    def label_names(self) -> set[str]:
+        """The class names that occur among this dataset's labels."""
+        return {self.class_names[label] for label in self.labels if label >= 0}
+
+    def subset(
+        self, indices: Sequence[int], class_names: Sequence[str] | None = None
+    ) -> CXRDataset:
+        """The samples at `indices` (shared, not copied), relabelled onto `class_names` when given:
+        a label whose name is not among them becomes -1 (no classification label)."""
+        picked = [self.samples[int(i)] for i in indices]
+        if class_names is None:
+            return CXRDataset(picked, self.class_names, self.box_class_names, self.skipped)
+        names = tuple(class_names)
+        relabelled = []
+        for sample in picked:
+            old = sample["label"]
+            name = self.class_names[old] if old >= 0 else None
+            relabelled.append({**sample, "label": names.index(name) if name in names else -1})
+        return CXRDataset(relabelled, names, self.box_class_names, self.skipped)
+
+
+def with_class_names(
+    config: ModelConfig, class_names: Sequence[str], box_class_names: Sequence[str]
+) -> ModelConfig:
+    """`config` with these class and box-class names, and their counts."""
+    return config.model_copy(
+        update={
+            "class_names": tuple(class_names),
+            "num_classes": len(class_names),
+            "box_class_names": tuple(box_class_names),
+            "num_box_classes": len(box_class_names),
+        }
+    )
+
+
+def model_for_data(config: ModelConfig, dataset: CXRDataset) -> ModelConfig:
+    """`config` with its class and box-class names (and counts) taken from `dataset`."""
+    return with_class_names(config, dataset.class_names, dataset.box_class_names)
+
 
 def phantom_dataset(n: int, size: int = 64, seed: int = 0, site: str = "phantom") -> CXRDataset:
     """`n` phantoms of set `seed` at `size` px."""
@@ -77,6 +118,7 @@ def phantom_dataset(n: int, size: int = 64, seed: int = 0, site: str = "phantom"
                 "boxes": torch.from_numpy(p.boxes),
                 "box_labels": torch.from_numpy(p.box_labels),
                 "site": site,
+                "patient": f"phantom-{seed}-{i}",
                 "id": f"phantom-{seed}-{i}",
             }
         )
@@ -94,6 +136,7 @@ class ManifestSpec:
     mask: str = "lung_mask"
     boxes: str = "lung_boxes_xyxy"
     id: str = "id"
+    patient: str = "patient_id"
     class_names: tuple[str, ...] | None = None  # None: sorted set of labels in the manifest
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -144,6 +187,7 @@ def folder_dataset(
                 "boxes": boxes,
                 "box_labels": torch.zeros(len(boxes), dtype=torch.int64),
                 "site": row.get(spec.site, "") or "unknown",
+                "patient": row.get(spec.patient) or row.get(spec.id) or path.stem,
                 "id": row.get(spec.id) or path.stem,
                 "path": str(path),
             }

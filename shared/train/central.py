@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from festa.shared.config import CentralConfig
-from festa.shared.data.datasets import load_dataset
+from festa.shared.data.datasets import load_dataset, model_for_data
 from festa.shared.model.body import Body
 from festa.shared.runinfo import append_jsonl, environment_info, seed_everything, write_json
 from festa.shared.train.task_model import TaskModel, evaluate, make_loader, task_indices, to_device
@@ -38,10 +38,7 @@ def train_central(
         data.source, data.train_split, mcfg.image_size, data.train_size, config.seed
     )
     val_set = load_dataset(data.source, data.val_split, mcfg.image_size, data.val_size, config.seed)
-    if len(train_set.class_names) != mcfg.num_classes:
-        mcfg = mcfg.model_copy(update={"num_classes": len(train_set.class_names)})
-    if len(train_set.box_class_names) != mcfg.num_box_classes:
-        mcfg = mcfg.model_copy(update={"num_box_classes": len(train_set.box_class_names)})
+    mcfg = model_for_data(mcfg, train_set)
     config = config.model_copy(update={"model": mcfg})
     write_json(out / "config.json", config.model_dump())
 
