@@ -16,7 +16,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from festa.client.service.api import create_app
+from festa.client.service.http_api import create_app
 from festa.client.service.config import load_site_config
 from festa.client.service.daemon import SiteService
 from festa.server.body_service.tokens import InvalidTokenError, issue_token, verify_token
