@@ -31,6 +31,8 @@ class ModelConfig(FestaModel):
     mlp_ratio: float = Field(4.0, gt=0)
     num_classes: int = Field(3, ge=2)
     num_box_classes: int = Field(2, ge=1)
+    pixel_mean: float = Field(0.5, description="heads standardise [0, 1] pixels with this mean")
+    pixel_std: float = Field(0.25, gt=0, description="... and this standard deviation")
 
     @model_validator(mode="after")
     def _check_divisibility(self) -> ModelConfig:
