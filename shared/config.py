@@ -190,8 +190,8 @@ class FederationConfig(FestaModel):
     partition: str = Field(
         "dirichlet:0.5", description="natural | dirichlet:ALPHA | quantity | iid"
     )
-    rounds: int = Field(8, ge=1)
-    local_steps: int = Field(15, ge=1, description="batches each client trains per round")
+    rounds: int = Field(12, ge=1)
+    local_steps: int = Field(30, ge=1, description="batches each client trains per round")
     wire: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
     permute: bool = False
     token_noise: float = Field(
