@@ -79,6 +79,8 @@ class ModelConfig(FestaModel):
     box_class_names: tuple[str, ...] = Field(
         (), description="names of the detection classes, from the data; empty: phantom classes"
     )
+    pixel_mean: float = Field(0.5, description="heads standardise [0, 1] pixels with this mean")
+    pixel_std: float = Field(0.25, gt=0, description="... and this standard deviation")
 
     @model_validator(mode="after")
     def _check_divisibility(self) -> ModelConfig:
@@ -234,8 +236,8 @@ class FederationConfig(FestaModel):
     partition: str = Field(
         "dirichlet:0.5", description="natural | dirichlet:ALPHA | quantity | iid"
     )
-    rounds: int = Field(8, ge=1)
-    local_steps: int = Field(15, ge=1, description="batches each client trains per round")
+    rounds: int = Field(12, ge=1)
+    local_steps: int = Field(30, ge=1, description="batches each client trains per round")
     wire: WireDTypeName = "fp32"
     permute: bool = False
     token_noise: float = Field(
