@@ -9,7 +9,7 @@ Each call sends one message and waits for its reply, so forward/backward alterna
 `split_train_step` calls them. Any refusal or failure raises `BodyServiceError` with the gRPC
 status code and the server's reason.
 
-The same link is also a `PipelinedBodyLink` (`shared.model.pipeline`): `send_forward` /
+The same link is also a `PipelinedBodyLink` (`festa.shared.model.pipeline`): `send_forward` /
 `send_backward` return at once and `receive` takes the next reply, so that
 `split_train_pipelined` keeps up to `pipeline_depth` micro-batches in flight (async rounds
 opened with that depth; `welcome.pipeline_depth` says what the round allows).
@@ -68,7 +68,7 @@ class RemoteBodyLink:
     `tls_root_cert` (PEM) switches to TLS and pins the CA that signed the service certificate;
     `tls_client_cert` (PEM certificate chain, PEM private key) is this site's identity on a
     mutual-TLS port (`festa certs node SITE`). The token travels in the call metadata too, so
-    the service authenticates the stream as it opens (see `server.body_service.servicer`).
+    the service authenticates the stream as it opens (see `festa.server.body_service.servicer`).
     """
 
     def __init__(

@@ -3,7 +3,7 @@
 A site runs the Flower SuperNode (TLS to the SuperLink, its own auth key, `--node-config` with
 site id, task, data path, the CA that signed the body service and the site's client certificate
 for it) and, when configured, its
-restoration daemon (`client.service`). Layout under `state-dir`: `flwr/` (the SuperNode's
+restoration daemon (`festa.client.service`). Layout under `state-dir`: `flwr/` (the SuperNode's
 FLWR_HOME: installed app bundles) and `logs/` (one log per supervised process).
 """
 

@@ -1,4 +1,4 @@
-"""Flower glue for a client: unpack the message, call `client.local_training`, pack the reply."""
+"""Flower glue for a client: unpack the message, call `festa.client.local_training`, pack the reply."""
 
 from __future__ import annotations
 

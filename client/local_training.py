@@ -1,8 +1,8 @@
 """What a client does in a round, without Flower: train its head/tail against the body, evaluate.
 
 The message handlers are plain functions (`describe_site`, `train_instruction`,
-`evaluate_instruction`): the Flower ClientApp (`client.flower_app`) unpacks a message and calls
-them, and so does the in-process transport (`simulations.inprocess`), so both run one client.
+`evaluate_instruction`): the Flower ClientApp (`festa.client.flower_app`) unpacks a message and calls
+them, and so does the in-process transport (`festa.simulations.inprocess`), so both run one client.
 Each takes the server's message config (round, task, body endpoint, session token, the run's
 `FederationConfig` as JSON) and the task's head/tail weights.
 """
@@ -55,7 +55,7 @@ def train_round(
     """`cfg.local_steps` split steps of `model` on the site's data; returns the reply metrics.
 
     With `cfg.pipeline_depth` K > 1 the link must also be a `PipelinedBodyLink` and the steps
-    run with K micro-batches in flight (`shared.model.pipeline`).
+    run with K micro-batches in flight (`festa.shared.model.pipeline`).
     """
     if len(site.train_indices) == 0:
         raise ValueError(f"site {site.site_id} has no training samples for task {site.task}")

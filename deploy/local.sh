@@ -17,7 +17,7 @@ PY="${PYTHON:-python3}"
 SL_PORT=19092 BODY_PORT=19093 CONSOLE_PORT=18080
 SITES=("site-a:classification:19094" "site-b:segmentation:19095" "site-c:detection:19096")
 
-festa() { (cd "$REPO" && "$PY" -m shared.cli "$@"); }
+festa() { (cd "$REPO" && "$PY" -m festa.shared.cli "$@"); }
 
 start_bg() {  # name, argv... : own session, pid file, log file
   local name=$1; shift
@@ -105,12 +105,12 @@ up() {
     [[ -f "$DIR/certs/nodes/$site.key" ]] || festa certs node "$site" --dir "$DIR/certs"
   done
   write_configs
-  start_bg server "$PY" -m shared.cli server start --config "$DIR/server.toml"
+  start_bg server "$PY" -m festa.shared.cli server start --config "$DIR/server.toml"
   wait_port $SL_PORT || { tail -n 30 "$DIR/server.out"; down; exit 1; }
   for spec in "${SITES[@]}"; do
     site=${spec%%:*}
     festa server register-node "$DIR/certs/nodes/$site.pub" --config "$DIR/server.toml"
-    start_bg "$site" "$PY" -m shared.cli client start --site "$DIR/$site.toml"
+    start_bg "$site" "$PY" -m festa.shared.cli client start --site "$DIR/$site.toml"
   done
   echo "festa is up on loopback: console http://127.0.0.1:$CONSOLE_PORT ; logs in $DIR/*.out and */logs/"
   echo "next: deploy/local.sh run"

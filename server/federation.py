@@ -6,10 +6,10 @@ traffic goes through the `BodyService` this object starts (gRPC, on `cfg.body_po
 
 Two transports implement `Transport`:
 
-- `FlowerTransport(grid)` (`server.flower_app`): Flower messages to SuperNodes, in deployment
+- `FlowerTransport(grid)` (`festa.server.flower_app`): Flower messages to SuperNodes, in deployment
   (`flwr run`) and in Flower's simulation engine (`festa simulate`, the default engine);
-- `InProcessTransport(cfg)` (`simulations.inprocess`): every client a plain object in this
-  process running the same handlers (`client.local_training`) against the same body service
+- `InProcessTransport(cfg)` (`festa.simulations.inprocess`): every client a plain object in this
+  process running the same handlers (`festa.client.local_training`) against the same body service
   over loopback; no Ray, no Flower messages (`festa simulate --engine inprocess`). For fast
   experiments and benchmarks::
 

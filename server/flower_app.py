@@ -1,4 +1,4 @@
-"""Flower glue for the server: message in, message out. The round logic is `server.federation`."""
+"""Flower glue for the server: message in, message out. The round logic is `festa.server.federation`."""
 
 from __future__ import annotations
 

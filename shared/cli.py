@@ -131,7 +131,7 @@ def phantoms_cmd(
 
 
 def _add_inference_commands() -> None:
-    """`festa evaluate`, `festa predict` and `festa export` (they live in `shared.inference`)."""
+    """`festa evaluate`, `festa predict` and `festa export` (they live in `festa.shared.inference`)."""
     from festa.shared.inference.cli import app as inference_app
 
     app.registered_commands.extend(inference_app.registered_commands)

@@ -8,7 +8,7 @@ machine hits every path alike; "sync x3" then runs three clients in threads whos
 service concatenates (its "vs local" compares with the interleaved local median). Prints a rich table and appends a
 section to BENCHMARKS.md with the machine.
 
-    python -m simulations.bench_body_service            # tiny preset, ~1 min on 2 cores
+    python -m festa.simulations.bench_body_service            # tiny preset, ~1 min on 2 cores
 """
 
 from __future__ import annotations
@@ -301,7 +301,7 @@ def _markdown(rows: list[Row], local: Row, config: ModelConfig, args: argparse.N
         f"Machine: {cpu_model()}, {os.cpu_count()} cores visible, torch threads "
         f"{torch.get_num_threads()}; torch {torch.__version__}, grpcio {grpc.__version__}, "
         f"Python {platform.python_version()}.",
-        f"Command: `python -m simulations.bench_body_service --batch {args.batch} "
+        f"Command: `python -m festa.simulations.bench_body_service --batch {args.batch} "
         f"--steps {args.steps} --warmup {args.warmup} --threads {args.threads}`. "
         f"Model: image {config.image_size}, patch {config.patch_size}, dim {config.embed_dim}, "
         f"depth {config.depth} ({config.num_tokens} tokens); batch {args.batch} per client; "

@@ -1,6 +1,6 @@
 """Benchmark: `festa train-central` quality and time on phantoms and on cxr-open.
 
-    python -m simulations.bench_central [--epochs 10] [--train-size 3000] [--cxr-open PATH]
+    python -m festa.simulations.bench_central [--epochs 10] [--train-size 3000] [--cxr-open PATH]
 
 Targets (issue 2), tiny preset at 64 px on CPU: classification AUC >= 0.90, segmentation
 Dice >= 0.85, detection mAP@0.5 >= 0.50 (VOC all-point AP, mean over box classes).
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
             )
     publish(
         "Centralized baseline (train-central, tiny preset, 64 px, CPU)",
-        "python -m simulations.bench_central " + " ".join(sys.argv[1:] if argv is None else argv),
+        "python -m festa.simulations.bench_central " + " ".join(sys.argv[1:] if argv is None else argv),
         [
             "data",
             "task",

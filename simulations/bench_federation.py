@@ -1,10 +1,10 @@
 """Benchmarks of the federation (issue 3): traffic per wire dtype, split overhead, accuracy.
 
-    python -m simulations.bench_federation [--rounds 6] [--skip traffic,overhead,accuracy]
+    python -m festa.simulations.bench_federation [--rounds 6] [--skip traffic,overhead,accuracy]
 
 Each festa number comes from a real `festa simulate` (Flower simulation engine + gRPC body
 service) in a subprocess; baselines (centralized, local-only, plain FedAvg) use the same
-partition, batch size, local steps and rounds (`simulations.baselines`).
+partition, batch size, local steps and rounds (`festa.simulations.baselines`).
 """
 
 from __future__ import annotations
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)  # the in-process baselines share the cores with simulations
     work = args.work or Path(tempfile.mkdtemp(prefix="festa-bench-"))
     base = FederationConfig(rounds=args.rounds, degrade="none", restore="none")
-    command = "python -m simulations.bench_federation " + " ".join(
+    command = "python -m festa.simulations.bench_federation " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
     machine = machine_line()

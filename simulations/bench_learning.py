@@ -6,7 +6,7 @@ per task as the federation's clients saw, and reports per task: both final metri
 gap, and time-to-accuracy (the federation's wall time until its validation metric first
 reached the centralized trainer's final one, over the centralized wall time).
 
-    python -m simulations.bench_learning --fed-run runs/<ts> [--seeds 0 1 2]
+    python -m festa.simulations.bench_learning --fed-run runs/<ts> [--seeds 0 1 2]
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def main() -> None:
             )
     publish(
         "Federation vs centralized at the same budget",
-        f"python -m simulations.bench_learning --fed-run {args.fed_run} --seeds "
+        f"python -m festa.simulations.bench_learning --fed-run {args.fed_run} --seeds "
         + " ".join(map(str, args.seeds)),
         [
             "task",

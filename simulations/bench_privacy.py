@@ -1,6 +1,6 @@
 """What leaves a hospital, attacked (issues 8 and 15): the honest-but-curious server's view.
 
-    python -m simulations.bench_privacy [--quick] [--threads 1] [--work /tmp/benchpriv]
+    python -m festa.simulations.bench_privacy [--quick] [--threads 1] [--work /tmp/benchpriv]
 
 A thin script over the attacks in `festa.shared.privacy`:
 
@@ -96,7 +96,7 @@ def observe_round(
     body: nn.Module,
     round_number: int,
 ) -> LocalRound:
-    """Run one real client round (`client.local_training.train_round`) against a curious body."""
+    """Run one real client round (`festa.client.local_training.train_round`) against a curious body."""
     from festa.client.local_training import round_seed, train_round
     from festa.shared.train.task_model import cycle_batches, make_loader
 
@@ -616,7 +616,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         trained = models[float(row.trained_with.split()[-1])]
         return trained.metrics.get(task, {}).get(primary_metric(task), float("nan"))
 
-    command = "python -m simulations.bench_privacy " + " ".join(
+    command = "python -m festa.simulations.bench_privacy " + " ".join(
         argv if argv is not None else __import__("sys").argv[1:]
     )
     inv_columns = [

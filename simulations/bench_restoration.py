@@ -1,6 +1,6 @@
 """Benchmark festa's restoration solvers against the degraded input and classical baselines.
 
-    python -m simulations.bench_restoration [--model client/restoration/weights/phantom64]
+    python -m festa.simulations.bench_restoration [--model client/restoration/weights/phantom64]
 
 Per degradation: PSNR / SSIM (skimage, [0, 1] scale), data-consistency residual ||y - A(x_hat)||
 (always with the true operator, also for BlindDPS) and seconds per image, on held-out phantoms
@@ -212,7 +212,7 @@ def main(
 
     publish(
         f"Restoration ({', '.join(c.name for c in chosen)})",
-        "python -m simulations.bench_restoration " + " ".join(sys.argv[1:]),
+        "python -m festa.simulations.bench_restoration " + " ".join(sys.argv[1:]),
         ("degradation", "images", "method", "PSNR dB", "SSIM", "residual", "s / image"),
         [(n, k, lab, m["psnr"], m["ssim"], m["residual"], m["seconds"]) for n, k, lab, m in rows],
         notes=(

@@ -1,6 +1,6 @@
 """Benchmark: downstream task metrics trained on clean, degraded and restored site data.
 
-    python -m simulations.bench_restore_training [--rounds 6] [--methods cddb] [--nfe 10]
+    python -m festa.simulations.bench_restore_training [--rounds 6] [--methods cddb] [--nfe 10]
 
 Every arm is a real `festa simulate` (6 clients, 3 tasks). In the degraded arms, odd-numbered
 sites acquire through a simulated scanner (low dose, or blur + noise); restored arms clean those
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     publish(
         "Restoration in the training path: clean vs degraded vs restored site data",
-        "python -m simulations.bench_restore_training "
+        "python -m festa.simulations.bench_restore_training "
         + " ".join(sys.argv[1:] if argv is None else argv),
         [
             "training data",

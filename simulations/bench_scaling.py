@@ -1,9 +1,9 @@
 """Scaling (issue 8): round time, body-service throughput and server memory as clients and
 model size grow.
 
-    python -m simulations.bench_scaling                      # everything, ~15 min on 2 CPU cores
-    python -m simulations.bench_scaling --skip rounds        # no `festa simulate` runs
-    python -m simulations.bench_scaling --device cuda --skip clients,rounds   # GPU body service
+    python -m festa.simulations.bench_scaling                      # everything, ~15 min on 2 CPU cores
+    python -m festa.simulations.bench_scaling --skip rounds        # no `festa simulate` runs
+    python -m festa.simulations.bench_scaling --device cuda --skip clients,rounds   # GPU body service
 
 Three measurements:
 
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown preset(s) {sorted(unknown)}; choose from {list(MODEL_SIZES)}")
     torch.set_num_threads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="festa-scaling-"))
-    command = "python -m simulations.bench_scaling " + " ".join(
+    command = "python -m festa.simulations.bench_scaling " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
     machine = machine_line()

@@ -1,11 +1,11 @@
 """Round time over emulated WAN links (issue 8), with and without pipelined micro-batches.
 
-    python -m simulations.bench_wan            # ~14 min on 2 loaded cores; add --depths 2,4,8 for K=2 too
+    python -m festa.simulations.bench_wan            # ~14 min on 2 loaded cores; add --depths 2,4,8 for K=2 too
 
-Every measurement is a real `server.federation.Federation` run over the in-process transport
-(`simulations.inprocess`): the product's round loop and body service in this process, each site
-a client thread running the product's client handlers (`client.local_training`). Every site
-reaches the body service through its own user-space WAN link (`simulations.netem`, one proxy
+Every measurement is a real `festa.server.federation.Federation` run over the in-process transport
+(`festa.simulations.inprocess`): the product's round loop and body service in this process, each site
+a client thread running the product's client handlers (`festa.client.local_training`). Every site
+reaches the body service through its own user-space WAN link (`festa.simulations.netem`, one proxy
 subprocess per site: RTT 20 or 80 ms, 100 Mbit/s each way; the transport's `endpoints`), or
 directly over loopback (tiny preset, 64 px phantoms, 3 sites = 3 tasks, 15 local steps of
 batch 16, torch single-threaded).
@@ -20,10 +20,10 @@ run, so the body starts from the same weights and every site trains on the same 
 
 Accuracy effect: the same 3 sites train for `--rounds` rounds over loopback (body trains every
 round, heads/tails averaged per task after each) with each schedule, and the final validation
-primary metric of every task (`shared.tasks.primary_metric`) is reported, mean and range of
+primary metric of every task (`festa.shared.tasks.primary_metric`) is reported, mean and range of
 `--accuracy-repeats` runs; at K > 1 each `--body-lr` rule is a schedule of its own.
 
-    python -m simulations.bench_wan --skip-round-time   # accuracy only, ~8 min The
+    python -m festa.simulations.bench_wan --skip-round-time   # accuracy only, ~8 min The
 network does not change the numbers a schedule computes (async interleaving aside), only its
 time, so accuracy is measured without the proxies.
 """
@@ -100,7 +100,7 @@ class Measured:
 
 @contextmanager
 def wan_proxy(target_port: int, rtt_ms: float, rate_mbit: float) -> Iterator[str]:
-    """One `python -m simulations.netem` subprocess in front of the body service; yields the
+    """One `python -m festa.simulations.netem` subprocess in front of the body service; yields the
     address a site dials."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "festa.simulations.netem", "--listen", "127.0.0.1:0"]
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
             else bench_accuracy(bench, acc_schedules, args.rounds, args.accuracy_repeats, progress)
         )
     rows, notes = _rows(times, rtts, args.rate_mbit)
-    command = "python -m simulations.bench_wan" + "".join(
+    command = "python -m festa.simulations.bench_wan" + "".join(
         f" {a}" for a in (argv if argv is not None else sys.argv[1:])
     )
     explain = (

@@ -1,6 +1,6 @@
 """Run-store and console cost: how fast the ServerApp can write, how long one console poll takes.
 
-    python -m simulations.console_store_bench [--rounds 100] [--clients 20] [--append]
+    python -m festa.simulations.console_store_bench [--rounds 100] [--clients 20] [--append]
 
 Writes a synthetic run (every client every round, task metrics, throughput, restoration,
 events) into a fresh SQLite store through the public writer API, then times the console's
@@ -105,7 +105,7 @@ def main(
         machine = f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip()
         lines = [
             f"\n## console_store_bench ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine}, "
-            f"python -m simulations.console_store_bench --rounds {rounds} --clients {clients})\n",
+            f"python -m festa.simulations.console_store_bench --rounds {rounds} --clients {clients})\n",
             "| measure | value |",
             "|---|---|",
             *[f"| {a} | {b} |" for a, b in rows],

@@ -1,7 +1,7 @@
 """`InProcessTransport`: a federation's clients as plain objects in this process.
 
 Each client is an `InProcessClient` holding its simulated site; a `train` or `evaluate`
-instruction calls the same handlers the Flower ClientApp calls (`client.local_training`),
+instruction calls the same handlers the Flower ClientApp calls (`festa.client.local_training`),
 which stream through the run's real body service over loopback. The clients of a round run in
 threads, all at once (sync body steps wait for every client of the round). No Ray, no Flower
 messages: the round costs what the clients and the body cost.
@@ -75,10 +75,10 @@ class SendTiming:
 
 
 class InProcessTransport:
-    """`server.federation.Transport` over `InProcessClient`s, one per partition of `cfg`.
+    """`festa.server.federation.Transport` over `InProcessClient`s, one per partition of `cfg`.
 
     `endpoints` maps a site id to the address that site dials instead of the body service's own
-    (e.g. a WAN emulator in front of it, `simulations.netem`). `timings` holds one `SendTiming`
+    (e.g. a WAN emulator in front of it, `festa.simulations.netem`). `timings` holds one `SendTiming`
     per `send`, for benchmarks.
     """
 

@@ -1,11 +1,11 @@
 """`festa simulate`: a non-IID federation on one machine.
 
-Two engines run the same `server.federation.Federation` round loop and the same client
+Two engines run the same `festa.server.federation.Federation` round loop and the same client
 handlers against the same gRPC body service:
 
 - "flower" (default): Flower's simulation engine (Ray virtual SuperNodes), the engine `flwr run`
-  uses for simulation, so the Flower glue (`server.flower_app`, `client.flower_app`) runs too;
-- "inprocess": `simulations.inprocess.InProcessTransport`, every client a plain object in this
+  uses for simulation, so the Flower glue (`festa.server.flower_app`, `festa.client.flower_app`) runs too;
+- "inprocess": `festa.simulations.inprocess.InProcessTransport`, every client a plain object in this
   process (no Ray, no Flower messages): for fast experiments.
 """
 

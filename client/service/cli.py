@@ -1,7 +1,7 @@
 """`festa restore serve --site SITE.toml`: run one site's restoration daemon.
 
 `client/restoration/cli.py` calls `register(app)` to add `serve` to the `restore` group; this
-module's own `app` (with `python -m client.service.cli serve --site ...`) serves tests and ops.
+module's own `app` (with `python -m festa.client.service.cli serve --site ...`) serves tests and ops.
 """
 
 from __future__ import annotations

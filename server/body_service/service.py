@@ -162,7 +162,7 @@ class BodyService:
         (e.g. by site) for runs that reproduce bit for bit. `pipeline_depth` K > 1 lets each
         client keep K micro-batches in flight (async mode only; see the module docstring).
         `lr_scale` multiplies the body's learning rate for this round's steps
-        (`shared.model.pipeline.staleness_lr_scale`).
+        (`festa.shared.model.pipeline.staleness_lr_scale`).
         """
         if self._round is not None and not self._round.closed:
             raise RuntimeError(f"round {self._round.round_id} is still open; close it first")

@@ -57,7 +57,7 @@ class NoisyBodyLink:
         return self.link.evaluate(add_token_noise(tokens, self.std, self.generator))
 
     def send_forward(self, step: int, tokens: torch.Tensor) -> None:
-        """Pipelined links (`shared.model.pipeline`): the Forward gets the same noise."""
+        """Pipelined links (`festa.shared.model.pipeline`): the Forward gets the same noise."""
         self.link.send_forward(step, add_token_noise(tokens, self.std, self.generator))
 
     def __getattr__(self, name: str) -> Any:

@@ -96,7 +96,7 @@ def write_site(
 
 
 class Daemon:
-    """`python -m client.service.cli serve --site TOML` as a real child process."""
+    """`python -m festa.client.service.cli serve --site TOML` as a real child process."""
 
     def __init__(self, toml: Path) -> None:
         self.toml = toml

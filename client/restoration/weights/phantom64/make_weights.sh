@@ -2,13 +2,13 @@
 # Exact commands that produced the committed phantom64 weights (CPU, 1 torch thread).
 set -euo pipefail
 W=client/restoration/weights/phantom64
-python -m client.restoration.cli train-prior --data phantoms --size 64 --out $W/prior \
+python -m festa.client.restoration.cli train-prior --data phantoms --size 64 --out $W/prior \
   --steps 500 --batch 16 --lr 1e-3 --seed 0 --preset small --threads 1
-python -m client.restoration.cli train-kernel-prior --out $W/kernel_prior --size 16 \
+python -m festa.client.restoration.cli train-kernel-prior --out $W/kernel_prior --size 16 \
   --steps 1000 --batch 32 --lr 1e-3 --seed 0 --threads 1
-python -m client.restoration.cli train-bridge --degradation "noise:poisson:dose=200,read=0.01" \
+python -m festa.client.restoration.cli train-bridge --degradation "noise:poisson:dose=200,read=0.01" \
   --data phantoms --size 64 --out $W/bridges/lowdose --init-from $W/prior \
   --steps 250 --batch 16 --lr 5e-4 --seed 0 --preset small --threads 1
-python -m client.restoration.cli train-bridge --degradation "blur:gauss:sigma=2+noise:gauss:sigma=0.01" \
+python -m festa.client.restoration.cli train-bridge --degradation "blur:gauss:sigma=2+noise:gauss:sigma=0.01" \
   --data phantoms --size 64 --out $W/bridges/gaussblur2 --init-from $W/prior \
   --steps 250 --batch 16 --lr 5e-4 --seed 0 --preset small --threads 1
