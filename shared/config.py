@@ -156,16 +156,22 @@ class CentralConfig(FestaModel):
 C = TypeVar("C", bound=BaseModel)
 
 
-def load_toml(path: str | Path, cls: type[C], **overrides: Any) -> C:
-    """Read a TOML file into `cls`, applying top-level `overrides`; errors name the bad key."""
+def read_toml(
+    path: str | Path, error: type[ConfigError] = ConfigError, what: str = "config file"
+) -> dict[str, Any]:
+    """The raw table of a TOML file; a missing or malformed file raises `error` naming it."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError as exc:
-        raise ConfigError(f"config file not found: {path}") from exc
+        raise error(f"{what} not found: {path}") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return validate(cls, {**raw, **overrides}, source=str(path))
+        raise error(f"{path}: not valid TOML: {exc}") from exc
+
+
+def load_toml(path: str | Path, cls: type[C], **overrides: Any) -> C:
+    """Read a TOML file into `cls`, applying top-level `overrides`; errors name the bad key."""
+    return validate(cls, {**read_toml(path), **overrides}, source=str(path))
 
 
 def validate(cls: type[C], data: dict[str, Any], source: str = "config") -> C:

@@ -17,13 +17,12 @@ Which labels a site really has is checked against its data in `festa.shared.data
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from festa.shared.config import ConfigError, validate
+from festa.shared.config import ConfigError, read_toml, validate
 from festa.shared.deploy import DeployModel
 
 SITE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
@@ -96,12 +95,7 @@ def load_federation_file(path: str | Path, data: str | None = None) -> Federatio
     own folder, and `data` (when given) replaces every site's folder (phantom sites stay).
     Raises FederationFileError naming the bad key."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise FederationFileError(f"federation file not found: {path}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise FederationFileError(f"{path}: not valid TOML: {exc}") from exc
+    raw = read_toml(path, FederationFileError, "federation file")
     try:
         fed = validate(FederationFile, raw, source=str(path))
     except ConfigError as exc:
