@@ -19,7 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from festa.shared.config import ConfigError
 from festa.shared.deploy import (
@@ -52,6 +52,15 @@ class BodySection(DeployModel):
     host: str = "0.0.0.0"
     port: int = Field(9093, ge=0, le=65535)
     endpoint: str = Field("", description="host:port the sites dial; default host:port")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _host_and_port(cls, v: str) -> str:
+        if v:
+            host, _, port = v.rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"{v!r} is not host:port with a port in 1..65535")
+        return v
 
 
 class ConsoleSection(DeployModel):
@@ -133,6 +142,16 @@ class ServerSettings(DeployModel):
             raise ConfigError("console.admin-token: required when the console listens off loopback")
         if self.run.submit and not (self.run.app / "pyproject.toml").is_file():
             raise ConfigError(f"run.app: {self.run.app} has no pyproject.toml")
+        self._check_run_config()
+
+    def _check_run_config(self) -> None:
+        """[run.config] must make a valid federation now, not when the ServerApp reads it."""
+        from festa.server.flower_app import config_from_run_config  # lazily: imports Flower
+
+        try:
+            config_from_run_config(run_config(self))
+        except ConfigError as exc:
+            raise ConfigError(f"[run.config] {exc}") from exc
 
 
 def executable(name: str) -> str:

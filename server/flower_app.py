@@ -13,7 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 from festa.server.body_service import TlsFiles
 from festa.server.federation import ClientInfo, Federation, Instruction, Reply
 from festa.server.store import RunStore
-from festa.shared.config import FederationConfig, model_preset, validate
+from festa.shared.config import ConfigError, FederationConfig, model_preset, validate
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,8 @@ def config_from_run_config(run_config: dict[str, Any]) -> tuple[FederationConfig
         *parents, leaf = key.replace("-", "_").split(".")
         for p in parents:
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"run config: {key}: {p!r} is a value, not a table of keys")
         node[leaf] = value
     if "preset" in extras:
         nested["model"] = {

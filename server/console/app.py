@@ -12,21 +12,37 @@ import secrets
 import threading
 import time
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
 import uvicorn
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from festa.server.store import SCHEMA_VERSION, InvalidValueError, RunStore, StoreError, UnknownRunError
+from festa.server.store import (
+    SCHEMA_VERSION,
+    InvalidValueError,
+    RunEndedError,
+    RunStore,
+    StoreError,
+    UnknownRunError,
+)
 
 ADMIN_HEADER = "X-Festa-Admin-Token"
+MAX_ID = 2**63 - 1  # SQLite's largest integer: a bigger id is refused, not an overflow (500)
+MAX_EVENTS = 5000
+
+RunId = Annotated[int, Path(ge=1, le=MAX_ID, description="a run id from /api/runs")]
+RoundNumber = Annotated[int | None, Query(ge=1, le=MAX_ID, description="one round only")]
+AfterId = Annotated[int, Query(ge=0, le=MAX_ID, description="events after this event id")]
+Limit = Annotated[int, Query(ge=1, le=MAX_EVENTS, description="at most this many events")]
 
 
 class ExcludeRequest(BaseModel):
     """Body of POST /api/runs/{id}/exclude."""
+
+    model_config = ConfigDict(extra="forbid")
 
     site_id: str = Field(min_length=1, max_length=120)
 
@@ -66,6 +82,10 @@ def create_app(
     @app.exception_handler(InvalidValueError)
     def _invalid(_req: Request, exc: InvalidValueError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": str(exc)})
+
+    @app.exception_handler(RunEndedError)
+    def _ended(_req: Request, exc: RunEndedError) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"detail": str(exc)})
 
     @app.exception_handler(StoreError)
     def _store_error(_req: Request, exc: StoreError) -> JSONResponse:
@@ -109,70 +129,75 @@ def create_app(
         return store.runs()
 
     @app.get("/api/runs/{run_id}")
-    def run(run_id: int) -> dict[str, Any]:
+    def run(run_id: RunId) -> dict[str, Any]:
         """One run: state, current round and phase, ETA, clients online, ..."""
         return store.run(run_id)
 
     @app.get("/api/runs/{run_id}/snapshot")
-    def snapshot(run_id: int) -> dict[str, Any]:
+    def snapshot(run_id: RunId) -> dict[str, Any]:
         """Everything the console page shows for a run, in one response."""
         return store.snapshot(run_id) | {"server_time": time.time()}
 
     @app.get("/api/runs/{run_id}/rounds")
-    def rounds(run_id: int) -> list[dict[str, Any]]:
+    def rounds(run_id: RunId) -> list[dict[str, Any]]:
         """Per round: phase, duration, clients, drops, examples, traffic, body throughput."""
         return store.rounds(run_id)
 
     @app.get("/api/runs/{run_id}/tasks")
-    def tasks(run_id: int) -> list[dict[str, Any]]:
+    def tasks(run_id: RunId) -> list[dict[str, Any]]:
         return store.tasks(run_id)
 
     @app.get("/api/runs/{run_id}/task_metrics")
-    def task_metrics(run_id: int) -> list[dict[str, Any]]:
+    def task_metrics(run_id: RunId) -> list[dict[str, Any]]:
         """Aggregated metrics per task per round."""
         return store.task_metrics(run_id)
 
     @app.get("/api/runs/{run_id}/clients")
-    def clients(run_id: int) -> list[dict[str, Any]]:
+    def clients(run_id: RunId) -> list[dict[str, Any]]:
         """Per site: online, last seen, contribution, traffic, drops."""
         return store.clients(run_id)
 
     @app.get("/api/runs/{run_id}/client_rounds")
-    def client_rounds(run_id: int, round: int | None = None) -> list[dict[str, Any]]:
+    def client_rounds(run_id: RunId, round: RoundNumber = None) -> list[dict[str, Any]]:
         """Per client per round: examples, traffic, metrics, drop reason."""
         return store.client_rounds(run_id, round)
 
     @app.get("/api/runs/{run_id}/restoration")
-    def restoration(run_id: int, latest: bool = True) -> list[dict[str, Any]]:
+    def restoration(run_id: RunId, latest: bool = True) -> list[dict[str, Any]]:
         """Restoration counts per site (latest report each, or every report)."""
         return store.restoration_status(run_id) if latest else store.restoration(run_id)
 
     @app.get("/api/runs/{run_id}/body_throughput")
-    def body_throughput(run_id: int) -> list[dict[str, Any]]:
+    def body_throughput(run_id: RunId) -> list[dict[str, Any]]:
         return store.body_throughput(run_id)
 
     @app.get("/api/runs/{run_id}/events")
-    def events(run_id: int, after_id: int = 0, limit: int = 500) -> list[dict[str, Any]]:
-        """Event log entries after `after_id`, oldest first."""
-        return store.events(run_id, after_id=after_id, limit=max(1, min(limit, 5000)))
+    def events(run_id: RunId, after_id: AfterId = 0, limit: Limit = 500) -> list[dict[str, Any]]:
+        """Event log entries after `after_id`, oldest first (at most `limit`, up to 5000)."""
+        return store.events(run_id, after_id=after_id, limit=limit)
 
     @app.get("/api/runs/{run_id}/checkpoints")
-    def checkpoints(run_id: int) -> list[dict[str, Any]]:
+    def checkpoints(run_id: RunId) -> list[dict[str, Any]]:
         return store.checkpoints(run_id)
 
     @app.get("/api/runs/{run_id}/actions", dependencies=[Depends(require_admin)])
-    def actions(run_id: int) -> list[dict[str, Any]]:
+    def actions(run_id: RunId) -> list[dict[str, Any]]:
         """Admin actions not yet carried out by the server (admin token needed)."""
         return store.pending_actions(run_id)
 
     @app.post("/api/runs/{run_id}/stop", dependencies=[Depends(require_admin)])
-    def stop(run_id: int) -> dict[str, Any]:
+    def stop(run_id: RunId) -> dict[str, Any]:
         """Ask the server to stop the run after the current round (admin token needed)."""
         return {"action_id": store.request_stop(run_id), "kind": "stop"}
 
     @app.post("/api/runs/{run_id}/exclude", dependencies=[Depends(require_admin)])
-    def exclude(run_id: int, body: ExcludeRequest) -> dict[str, Any]:
-        """Leave a site out of the next round (admin token needed)."""
+    def exclude(run_id: RunId, body: ExcludeRequest) -> dict[str, Any]:
+        """Leave a site of the run out of the next round (admin token needed)."""
+        sites = [c["site_id"] for c in store.clients(run_id)]
+        if body.site_id not in sites:
+            raise HTTPException(
+                404, f"run {run_id} has no site {body.site_id!r}; its sites: {sites or 'none yet'}"
+            )
         action_id = store.exclude_site(run_id, body.site_id)
         return {"action_id": action_id, "kind": "exclude_site", "site_id": body.site_id}
 

@@ -51,6 +51,10 @@ class UnknownRoundError(StoreError, KeyError):
         return str(self.args[0]) if self.args else "unknown round"
 
 
+class RunEndedError(StoreError):
+    """The run has ended (finished, failed or stopped): there is nothing left to act on."""
+
+
 class InvalidValueError(StoreError, ValueError):
     """A value handed to a writer cannot be stored (wrong type, negative count, bad state)."""
 
@@ -484,7 +488,9 @@ class RunStore:
 
     def _action(self, run_id: int, kind: str, site_id: str | None, message: str) -> int:
         with self._tx() as conn:
-            self._run_row(conn, run_id)
+            state = self._run_row(conn, run_id)["state"]
+            if state in END_STATES:
+                raise RunEndedError(f"run {run_id} is {state}: a {kind} action has no effect")
             result = conn.execute(
                 sa.insert(s.admin_actions).values(
                     run_id=run_id, kind=kind, site_id=site_id, requested_at=self._clock()

@@ -1,6 +1,7 @@
-"""A generated corpus of bad inputs (image files, wire tensors, site configs, daemon HTTP calls,
-session tokens): every item is refused with a typed reason, and a good request afterwards is
-still served. Prints the counts per category."""
+"""A generated corpus of bad inputs (image files, wire tensors, site daemon configs, server and
+site deployment files, federation files and configs, daemon and console HTTP calls, session
+tokens): every item is refused with a typed reason, and a good request afterwards is still
+served. Prints the counts per category."""
 
 from __future__ import annotations
 
@@ -16,15 +17,24 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from festa.client.service.http_api import create_app
+from festa.client.deploy import SiteSettings
 from festa.client.service.config import load_site_config
 from festa.client.service.daemon import SiteService
+from festa.client.service.http_api import create_app
+from festa.server import certs
 from festa.server.body_service.tokens import InvalidTokenError, issue_token, verify_token
-from festa.shared.config import ConfigError
+from festa.server.console.app import LOOPBACK_HOSTS
+from festa.server.console.app import create_app as create_console
+from festa.server.deploy import ServerSettings
+from festa.server.store import RunStore
+from festa.shared.config import ConfigError, FederationConfig, load_toml
 from festa.shared.data.imageio import ImageReadError, read_image
 from festa.shared.data.phantoms import phantom_images
+from festa.shared.deploy import load_settings
+from festa.shared.federation_file import FederationFileError, load_federation_file
 from festa.shared.wire import codec
 
+from . import corpus_configs
 from .conftest import API_KEY, png_bytes, write_site
 
 LIMITS = codec.TokenLimits(embed_dim=8, max_tokens=16, max_batch=4, max_bytes=1 << 16)
@@ -192,6 +202,73 @@ def token_corpus(secret: bytes) -> Iterator[str]:
         yield f"{payload}.{flipped}"
 
 
+ADMIN = "console-admin-token-0123456789"
+
+
+def console_corpus(run_id: int, ended_id: int) -> Iterator[tuple[str, str, dict, object]]:
+    """Bad calls to the console's JSON API: (method, url, headers, JSON body or raw bytes)."""
+    admin = {"X-Festa-Admin-Token": ADMIN}
+    for bad_id in ("0", "-1", "abc", "1.5", "1e3", "99999999999999999999", "9223372036854775808"):
+        for leaf in ("", "/rounds", "/events", "/snapshot"):
+            yield "get", f"/api/runs/{bad_id}{leaf}", {}, None
+    yield "get", "/api/runs/424242", {}, None
+    yield "get", "/api/runs/424242/clients", {}, None
+    for query in (
+        "events?after_id=-1",
+        "events?after_id=99999999999999999999",
+        "events?after_id=x",
+        "events?limit=0",
+        "events?limit=-5",
+        "events?limit=5001",
+        "client_rounds?round=0",
+        "client_rounds?round=-3",
+        "client_rounds?round=99999999999999999999",
+        "client_rounds?round=one",
+        "restoration?latest=maybe",
+    ):
+        yield "get", f"/api/runs/{run_id}/{query}", {}, None
+    yield "get", "/api/runs", {"host": "evil.example"}, None  # DNS rebinding
+    yield "get", "/api/nowhere", {}, None
+    yield "delete", f"/api/runs/{run_id}", {}, None
+    yield "put", f"/api/runs/{run_id}/stop", admin, None
+    for headers in (
+        {},
+        {"X-Festa-Admin-Token": ""},
+        {"X-Festa-Admin-Token": "wrong-token"},
+        {"X-Festa-Admin-Token": ADMIN[:-1]},
+        {"X-Festa-Admin-Token": ADMIN + "x"},
+        {"Authorization": "Bearer "},
+        {"Authorization": "Bearer wrong-token"},
+        {"Authorization": f"Basic {ADMIN}"},
+        {"Authorization": ADMIN},
+    ):
+        yield "post", f"/api/runs/{run_id}/stop", headers, None
+        yield "get", f"/api/runs/{run_id}/actions", headers, None
+    exclude = f"/api/runs/{run_id}/exclude"
+    for body in (
+        {"site_id": "no-such-site"},
+        {"site_id": ""},
+        {"site_id": "   "},
+        {"site_id": "x" * 121},
+        {"site_id": 5},
+        {"site_id": None},
+        {"site_id": ["site-a"]},
+        {"site_id": "site-a", "extra": 1},
+        {},
+        [],
+        "site-a",
+    ):
+        yield "post", exclude, admin, body
+    for raw in (b"{not json", b"\xff\xfe", b"", b'{"site_id": "site-a"', b"null"):
+        yield "post", exclude, {**admin, "content-type": "application/json"}, raw
+    yield "post", exclude, {"X-Festa-Admin-Token": "wrong-token"}, {"site_id": "site-a"}
+    yield "post", "/api/runs/424242/stop", admin, None
+    yield "post", "/api/runs/424242/exclude", admin, {"site_id": "site-a"}
+    yield "post", "/api/runs/99999999999999999999/stop", admin, None
+    yield "post", f"/api/runs/{ended_id}/stop", admin, None  # the run has finished
+    yield "post", f"/api/runs/{ended_id}/exclude", admin, {"site_id": "site-a"}
+
+
 def _refused(check: Callable[[], object], errors: tuple[type[BaseException], ...]) -> str:
     try:
         check()
@@ -267,6 +344,97 @@ def test_bad_input_corpus_is_refused_and_services_keep_serving(
     job = client.get(f"/jobs/{upload.json()['job_id']}", headers=key).json()
     assert job["status"] == "restored"
 
+    for category, good, corpus, load, errors in _toml_corpora(tmp_path / "toml"):
+        folder = tmp_path / "toml" / category.replace(" ", "-")
+        folder.mkdir(parents=True)
+        (folder / "good.toml").write_text(good)
+        load(folder / "good.toml")  # the file every item is derived from is accepted
+        for i, text in enumerate(corpus):
+            bad = folder / f"bad{i}.toml"
+            bad.write_text(text)
+            _refused(lambda bad=bad, load=load: load(bad), errors)
+            counts[category] = counts.get(category, 0) + 1
+
+    with RunStore(tmp_path / "console.db") as store:
+        ended = store.create_run("ended", {}, 1)
+        store.mark_client(ended, "site-a", True, node_id=1, task="classification")
+        store.finish_run(ended)
+        run_id = store.create_run("running", {}, 3)
+        store.mark_client(run_id, "site-a", True, node_id=1, task="classification")
+        store.start_round(run_id, 1, "warmup")
+        console = TestClient(
+            create_console(store, ADMIN, LOOPBACK_HOSTS),
+            base_url="http://127.0.0.1",
+            raise_server_exceptions=False,
+        )
+        for method, url, headers, body in console_corpus(run_id, ended):
+            raw = body if isinstance(body, bytes) else None
+            json_body = None if raw is not None else body
+            response = console.request(method, url, headers=headers, json=json_body, content=raw)
+            assert 400 <= response.status_code < 500, (method, url, body, response.status_code)
+            assert _reason(response), (method, url, body)
+            counts["console HTTP calls"] = counts.get("console HTTP calls", 0) + 1
+        assert console.get(f"/api/runs/{run_id}/snapshot").status_code == 200
+        admin = {"X-Festa-Admin-Token": ADMIN}
+        excluded = console.post(
+            f"/api/runs/{run_id}/exclude", json={"site_id": "site-a"}, headers=admin
+        )
+        assert excluded.status_code == 200
+        assert [a["kind"] for a in store.pending_actions(run_id)] == ["exclude_site"]
+        assert store.pending_actions(ended) == []
+
     total = sum(counts.values())
     print(f"bad-input corpus: {total} items refused: {counts}")
     assert total >= 200
+
+
+def _reason(response) -> str:
+    """The refusal's reason: FastAPI's `detail` (text or validation errors) or a plain-text body."""
+    try:
+        return str(response.json().get("detail") or "")
+    except ValueError:
+        return response.text.strip()
+
+
+def _toml_corpora(root: Path) -> list[tuple[str, str, Iterator[str], Callable, tuple]]:
+    """(category, good file, bad files, loader, expected errors) for every TOML loader."""
+    cdir = root / "certs"
+    certs.init_ca(cdir)
+    for name in ("superlink", "body"):
+        certs.issue_server_cert(cdir, name)
+    certs.node_key(cdir, "site-a")
+    certs.issue_client_cert(cdir, "site-a")
+    server = corpus_configs.server_good(root, cdir)
+    site = corpus_configs.site_good(root, cdir)
+    fed = corpus_configs.FEDERATION_GOOD
+    cfg = corpus_configs.CONFIG_GOOD
+    return [
+        (
+            "server deployment files",
+            server,
+            corpus_configs.server_corpus(server, root, cdir),
+            lambda p: load_settings(p, ServerSettings, insecure_section="server"),
+            (ConfigError,),
+        ),
+        (
+            "site deployment files",
+            site,
+            corpus_configs.site_corpus(site, root, cdir),
+            lambda p: load_settings(p, SiteSettings, insecure_section="superlink"),
+            (ConfigError,),
+        ),
+        (
+            "federation files",
+            fed,
+            corpus_configs.federation_corpus(fed),
+            load_federation_file,
+            (FederationFileError,),
+        ),
+        (
+            "federation configs",
+            cfg,
+            corpus_configs.config_corpus(cfg),
+            lambda p: load_toml(p, FederationConfig),
+            (ConfigError,),
+        ),
+    ]
