@@ -25,8 +25,12 @@ a background thread with a start/stop API (and as a context manager):
     with WanLink(("127.0.0.1", 7070), rtt_ms=80, rate_mbit=100) as wan:
         channel = grpc.insecure_channel(wan.address)
 
-Not modelled: loss, jitter, reordering, TCP slow start of a real path (the proxy's own
-loopback sockets never leave the host).
+- optional loss (`loss`, a probability per chunk, seeded by `seed`): TCP below the proxy never
+  loses bytes, so a lost chunk is what a reliable stream makes of it: it arrives one
+  retransmission timeout (`rto_ms`) late, and the chunks behind it wait (head-of-line blocking).
+
+Not modelled: jitter, reordering, TCP slow start of a real path (the proxy's own loopback
+sockets never leave the host).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import random
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -47,22 +52,37 @@ _CHUNK = 64 * 1024
 
 @dataclass(frozen=True)
 class LinkShape:
-    """One direction of the emulated link: one-way delay (s), rate (bit/s, 0 = unlimited)."""
+    """One direction of the emulated link: one-way delay (s), rate (bit/s, 0 = unlimited),
+    loss (probability a chunk is retransmitted) and the retransmission timeout (s)."""
 
     delay_s: float
     rate_bps: float
     buffer_bytes: int
+    loss: float = 0.0
+    rto_s: float = 0.2
 
     @classmethod
-    def of(cls, rtt_ms: float, rate_mbit: float, buffer_bytes: int | None = None) -> LinkShape:
+    def of(
+        cls,
+        rtt_ms: float,
+        rate_mbit: float,
+        buffer_bytes: int | None = None,
+        loss: float = 0.0,
+        rto_ms: float = 200.0,
+    ) -> LinkShape:
         """The shape of a link with round-trip time `rtt_ms` and rate `rate_mbit` (0: unlimited);
-        the buffer defaults to 4 bandwidth-delay products, at least 4 MiB."""
-        if rtt_ms < 0 or rate_mbit < 0:
-            raise ValueError(f"rtt_ms and rate_mbit must be >= 0, got {rtt_ms}, {rate_mbit}")
+        the buffer defaults to 4 bandwidth-delay products, at least 4 MiB. A share `loss` of
+        chunks arrives `rto_ms` late (a TCP retransmission)."""
+        if rtt_ms < 0 or rate_mbit < 0 or rto_ms < 0:
+            raise ValueError(
+                f"rtt_ms, rate_mbit and rto_ms must be >= 0, got {rtt_ms}, {rate_mbit}, {rto_ms}"
+            )
+        if not 0.0 <= loss < 1.0:
+            raise ValueError(f"loss must be in [0, 1), got {loss}")
         rate = rate_mbit * 1e6
         if buffer_bytes is None:
             buffer_bytes = max(4 << 20, int(4 * rate / 8 * rtt_ms / 1000))
-        return cls(rtt_ms / 2000.0, rate, buffer_bytes)
+        return cls(rtt_ms / 2000.0, rate, buffer_bytes, loss, rto_ms / 1000.0)
 
     def serialization_s(self, nbytes: int) -> float:
         return nbytes * 8 / self.rate_bps if self.rate_bps > 0 else 0.0
@@ -74,15 +94,23 @@ class LinkArgs(TypedDict):
     rtt_ms: float
     rate_mbit: float
     buffer_bytes: NotRequired[int | None]
+    loss: NotRequired[float]
+    rto_ms: NotRequired[float]
 
 
 class _Direction:
     """Bytes from `reader` to `writer` through one `LinkShape` (reader task + release task)."""
 
     def __init__(
-        self, shape: LinkShape, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        shape: LinkShape,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        rng: random.Random | None = None,
     ):
         self.shape = shape
+        self.rng = rng or random.Random(0)
+        self.lost_chunks = 0
         self.reader = reader
         self.writer = writer
         self.queue: deque[tuple[float, bytes]] = deque()  # (arrival time, chunk); b"" = EOF
@@ -106,7 +134,13 @@ class _Direction:
                 now = loop.time()
                 departure = max(now, self.last_departure) + self.shape.serialization_s(len(chunk))
                 self.last_departure = departure
-                self.queue.append((departure + self.shape.delay_s, chunk))
+                arrival = departure + self.shape.delay_s
+                if chunk and self.shape.loss and self.rng.random() < self.shape.loss:
+                    arrival += self.shape.rto_s  # retransmitted; FIFO: later chunks wait too
+                    self.lost_chunks += 1
+                # FIFO release: a chunk never arrives before the one ahead of it
+                arrival = max(arrival, self.queue[-1][0]) if self.queue else arrival
+                self.queue.append((arrival, chunk))
                 self.queued_bytes += len(chunk)
                 self.changed.set()
                 if not chunk:
@@ -141,12 +175,14 @@ class _Direction:
 class WanProxy:
     """The asyncio proxy: listen on (host, port), forward every connection to `target`."""
 
-    def __init__(self, target: tuple[str, int], **link: Unpack[LinkArgs]):
+    def __init__(self, target: tuple[str, int], seed: int = 0, **link: Unpack[LinkArgs]):
         self.shape = LinkShape.of(**link)
         self.target = target
+        self.rng = random.Random(seed)  # loss draws, shared by every connection in order
         self.connections = 0
         self.bytes_up = 0  # client -> target
         self.bytes_down = 0
+        self.lost_chunks = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -174,13 +210,14 @@ class WanProxy:
         try:
             t_reader, t_writer = await asyncio.open_connection(*self.target)
             self.connections += 1
-            up = _Direction(self.shape, c_reader, t_writer)
-            down = _Direction(self.shape, t_reader, c_writer)
+            up = _Direction(self.shape, c_reader, t_writer, self.rng)
+            down = _Direction(self.shape, t_reader, c_writer, self.rng)
             try:
                 await _all_or_nothing(up.run(), down.run())
             finally:
                 self.bytes_up += up.bytes_carried
                 self.bytes_down += down.bytes_carried
+                self.lost_chunks += up.lost_chunks + down.lost_chunks
         except (ConnectionError, OSError) as exc:
             log.debug("netem connection ended: %s", exc)
         except asyncio.CancelledError:
@@ -217,9 +254,10 @@ class WanLink:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
+        seed: int = 0,
         **link: Unpack[LinkArgs],
     ):
-        self.proxy = WanProxy(target, **link)
+        self.proxy = WanProxy(target, seed=seed, **link)
         self.host = host
         self.port = port
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -290,6 +328,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rtt-ms", type=float, default=80.0)
     parser.add_argument("--rate-mbit", type=float, default=100.0, help="0: unlimited")
     parser.add_argument("--buffer-bytes", type=int, default=None)
+    parser.add_argument("--loss", type=float, default=0.0, help="share of chunks retransmitted")
+    parser.add_argument("--rto-ms", type=float, default=200.0, help="retransmission delay")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the loss draws")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
 
@@ -299,6 +340,9 @@ def main(argv: list[str] | None = None) -> None:
             rtt_ms=args.rtt_ms,
             rate_mbit=args.rate_mbit,
             buffer_bytes=args.buffer_bytes,
+            loss=args.loss,
+            rto_ms=args.rto_ms,
+            seed=args.seed,
         )
         port = await proxy.start(*args.listen)
         log.info(

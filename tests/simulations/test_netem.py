@@ -97,6 +97,17 @@ def test_a_round_trip_is_never_faster_than_the_rtt_and_a_transfer_than_the_rate(
         assert time.perf_counter() - started >= 0.1 + 0.060
 
 
+def test_a_lossy_link_retransmits_late_but_delivers_every_byte_in_order(echo_server):
+    payload = random.Random(1).randbytes(400_000)  # several 64 KiB chunks each way
+    with WanLink(echo_server, rtt_ms=2, rate_mbit=0, loss=0.5, rto_ms=5, seed=3) as lossy:
+        assert _round_trip(lossy.port, payload) == payload
+    with WanLink(echo_server, rtt_ms=2, rate_mbit=0) as clean:
+        assert _round_trip(clean.port, payload) == payload
+    assert lossy.proxy.lost_chunks > 0 and clean.proxy.lost_chunks == 0
+    with pytest.raises(ValueError, match="loss"):
+        WanLink(echo_server, rtt_ms=1, rate_mbit=0, loss=1.0)
+
+
 def test_stop_closes_the_listener_and_open_connections(echo_server):
     wan = WanLink(echo_server, rtt_ms=0, rate_mbit=0)
     port = wan.start()
