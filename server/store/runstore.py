@@ -184,6 +184,9 @@ class RunStore:
                 yield conn
 
     def _run_row(self, conn: sa.Connection, run_id: int) -> dict[str, Any]:
+        if isinstance(run_id, int) and not 0 < run_id < 2**63:
+            # beyond SQLite's integers the query itself would fail with an OverflowError
+            raise UnknownRunError(f"no run {run_id!r} in store {self.location}")
         row = conn.execute(sa.select(s.runs).where(s.runs.c.id == run_id)).first()
         if row is None:
             raise UnknownRunError(f"no run {run_id!r} in store {self.location}")

@@ -16,6 +16,7 @@ import pydicom
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
 from festa.client.deploy import SiteSettings
 from festa.client.service.config import load_site_config
@@ -25,6 +26,7 @@ from festa.server import certs
 from festa.server.body_service.tokens import InvalidTokenError, issue_token, verify_token
 from festa.server.console.app import LOOPBACK_HOSTS
 from festa.server.console.app import create_app as create_console
+from festa.server.console.cli import app as console_cli
 from festa.server.deploy import ServerSettings
 from festa.server.store import RunStore
 from festa.shared.config import ConfigError, FederationConfig, load_toml
@@ -269,6 +271,16 @@ def console_corpus(run_id: int, ended_id: int) -> Iterator[tuple[str, str, dict,
     yield "post", f"/api/runs/{ended_id}/exclude", admin, {"site_id": "site-a"}
 
 
+def console_cli_corpus(ended_id: int) -> Iterator[list[str]]:
+    """Bad `festa console` command lines: run ids that do not exist or cannot, ended runs."""
+    for command in ("status", "rounds", "clients", "events", "stop"):
+        for run in ("99999999999999999999", "0", "-1", "424242", "x"):
+            yield [command, "--run", run]
+    yield ["stop", "--run", str(ended_id)]
+    yield ["exclude", " ", "--run", str(ended_id)]
+    yield ["events", "--limit", "lots"]
+
+
 def _refused(check: Callable[[], object], errors: tuple[type[BaseException], ...]) -> str:
     try:
         check()
@@ -382,6 +394,16 @@ def test_bad_input_corpus_is_refused_and_services_keep_serving(
         assert excluded.status_code == 200
         assert [a["kind"] for a in store.pending_actions(run_id)] == ["exclude_site"]
         assert store.pending_actions(ended) == []
+
+    cli = CliRunner()
+    db = str(tmp_path / "console.db")
+    for argv in console_cli_corpus(ended):
+        done = cli.invoke(console_cli, [*argv, "--store", db])
+        # refused with a message and an exit status, never an exception escaping the command
+        assert done.exit_code != 0 and isinstance(done.exception, SystemExit), (argv, done)
+        assert done.stderr.strip(), argv
+        counts["console CLI calls"] = counts.get("console CLI calls", 0) + 1
+    assert cli.invoke(console_cli, ["status", "--store", db]).exit_code == 0
 
     total = sum(counts.values())
     print(f"bad-input corpus: {total} items refused: {counts}")
