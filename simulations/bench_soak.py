@@ -589,6 +589,11 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--work", type=Path, default=REPO / "runs" / "bench_soak")
         p.add_argument("--no-write", action="store_true", help="do not append to BENCHMARKS.md")
+        p.add_argument(
+            "--fault-free-only",
+            action="store_true",
+            help="only the fault-free run (a seed's spread)",
+        )
     for role in ("serve", "client"):
         p = sub.add_parser(role)
         p.add_argument("--config", required=True)
@@ -621,7 +626,8 @@ def report(args: argparse.Namespace) -> None:
     plan = FaultPlan.draw(args.seed, cfg.rounds, cfg.clients)
     console.print(f"fault plan: {plan}")
     results = {}
-    for name, p in (("fault-free", FaultPlan.none()), ("faults", plan)):
+    arms = [("fault-free", FaultPlan.none())] + ([] if args.fault_free_only else [("faults", plan)])
+    for name, p in arms:
         console.print(f"[bold]{name} run[/]")
         results[name] = Soak(cfg, args.work / name, p, args.seed, console.print).drive()
         console.print(json.dumps(results[name], indent=1))
@@ -665,6 +671,7 @@ def report(args: argparse.Namespace) -> None:
     command = (
         f"nice -n 19 python -m festa.simulations.bench_soak --rounds {args.rounds} "
         f"--clients {args.clients} --local-steps {args.local_steps} --seed {args.seed}"
+        + (" --fault-free-only" if args.fault_free_only else "")
     )
     notes = (
         f"Fault plan drawn from seed {args.seed}: client killed mid-step in rounds "
