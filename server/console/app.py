@@ -3,6 +3,9 @@
 Read-only by default. Actions that change a run (stop it, exclude a site from the next round)
 need the admin token in the `X-Festa-Admin-Token` header (or `Authorization: Bearer ...`);
 without a configured token they are refused with 403, with a missing token 401, a wrong one 403.
+Every other bad request gets a 4xx and a reason, never a 500: an unknown run 404, ids and query
+values out of range 422, an action on a run that has ended 409, excluding a site the run does
+not have 404.
 """
 
 from __future__ import annotations
