@@ -230,6 +230,14 @@ class FaultInjection(FestaModel):
     after_steps: int = Field(0, ge=0)
 
 
+MIN_SECURE_GROUP = 3
+"""Fewest sites of one task that secure aggregation runs with: in a group of 2 each site
+subtracts its own update from the sum and reads the other's."""
+DEPLOYMENT_LABEL_NOISE = 6.0
+"""`label_noise` a deployment runs unless its run config says otherwise (BENCHMARKS.md,
+"Privacy defences": the gradient attacks at most ~5 points above the majority class)."""
+
+
 class FederationConfig(FestaModel):
     """One federated run: what `festa simulate` and the deployed ServerApp are given."""
 
@@ -250,6 +258,20 @@ class FederationConfig(FestaModel):
         0.0,
         ge=0,
         description="client-side Gaussian noise on sent tokens, std relative to the batch's token RMS",
+    )
+    label_noise: float = Field(
+        0.0,
+        ge=0,
+        description="classification clients add Gaussian noise to the gradient they return, in "
+        "the span where labels move it, std in units of the per-sample label sensitivity "
+        "(festa.shared.privacy.label_protection); 0: off. Deployments default to "
+        "DEPLOYMENT_LABEL_NOISE",
+    )
+    secure_aggregation: bool = Field(
+        False,
+        description="heads/tails are summed under pairwise masks (SecAgg with Shamir-shared "
+        "seeds, festa.server.secure_aggregation): the server sees only each task's average; "
+        "needs >= MIN_SECURE_GROUP sites per task. Deployments default to on",
     )
     pipeline_depth: int = Field(
         1,
@@ -302,6 +324,13 @@ class FederationConfig(FestaModel):
     def _check(self) -> FederationConfig:
         if self.clients < len(self.tasks):
             raise ValueError(f"{self.clients} clients cannot cover {len(self.tasks)} tasks")
+        if self.secure_aggregation and self.schedule.unify_every != 1:
+            raise ValueError(
+                "secure_aggregation needs schedule.unify_every = 1: between unifications the "
+                "server would hold each site's own head/tail"
+            )
+        if self.label_noise > 0 and self.pipeline_depth > 1:
+            raise ValueError("label_noise is not implemented for pipeline_depth > 1")
         if self.pipeline_depth > 1 and self.mode != "async":
             raise ValueError(
                 f"pipeline_depth {self.pipeline_depth} needs mode = 'async' "
