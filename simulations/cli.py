@@ -41,6 +41,20 @@ def simulate(
         float | None,
         typer.Option(help="Gaussian noise on sent tokens, std relative to their RMS (0: off)"),
     ] = None,
+    label_noise: Annotated[
+        float | None,
+        typer.Option(
+            help="classification sites noise the gradient they return, in units of the label "
+            "sensitivity (0: off; deployments run 6)"
+        ),
+    ] = None,
+    secure_aggregation: Annotated[
+        bool | None,
+        typer.Option(
+            "--secure-aggregation/--no-secure-aggregation",
+            help="the server sees only each task's summed head/tail (needs >= 3 clients per task)",
+        ),
+    ] = None,
     mode: Annotated[str | None, typer.Option(help="sync | async body steps")] = None,
     pipeline_depth: Annotated[
         int | None,
@@ -95,6 +109,8 @@ def simulate(
                 wire=wire,
                 permute=permute,
                 token_noise=token_noise,
+                label_noise=label_noise,
+                secure_aggregation=secure_aggregation,
                 mode=mode,
                 pipeline_depth=pipeline_depth,
                 degrade=degrade,
