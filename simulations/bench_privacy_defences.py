@@ -2,7 +2,7 @@
 
     python -m festa.simulations.bench_privacy_defences [--quick] [--seeds 0,1,2] [--noise 3,6]
 
-1. Cost: short real federations (`festa simulate`, the federation of `bench_privacy`: tiny
+1. Cost: short real federations (in-process engine, the federation of `bench_privacy`: tiny
    preset, 64 px phantoms, classification + segmentation) with `label_noise` 0 and each level,
    per seed; final classification AUC and segmentation Dice (mean and spread over seeds).
 2. Gradient attacks: one more real client round of a classification site of each trained model
@@ -19,6 +19,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,10 +55,24 @@ def _mean_sd(values: Sequence[float]) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if values else "-"
 
 
+def federate(cfg: FederationConfig, run: Path) -> dict[str, Any]:
+    """The run's summary: a finished run of the same config in `run` is reused, else the
+    federation runs here on the in-process engine (same round loop and client code as
+    `festa simulate`, without Ray's start-up on a loaded machine)."""
+    from festa.server.federation import Federation
+    from festa.simulations.inprocess import InProcessTransport
+
+    summary_path, config_path = run / "summary.json", run / "config.json"
+    if summary_path.exists() and config_path.exists():
+        if FederationConfig.model_validate(json.loads(config_path.read_text())) == cfg:
+            return json.loads(summary_path.read_text())
+    if run.exists():
+        shutil.rmtree(run)
+    return Federation(cfg, run, console=Console(quiet=True)).run(InProcessTransport(cfg))
+
+
 def train_arms(args: argparse.Namespace, console: Console) -> dict[tuple[float, int], Trained]:
     """One finished federation per (label noise, seed); reused from `--work` when present."""
-    from festa.simulations.bench_federation import simulate
-
     models = {}
     for noise in [0.0, *args.levels]:
         for seed in args.seed_list:
@@ -64,7 +80,7 @@ def train_arms(args: argparse.Namespace, console: Console) -> dict[tuple[float, 
             cfg = federation_config(a, 0.0).model_copy(update={"label_noise": noise})
             run = args.work / f"fed-label-{noise}-seed-{seed}"
             console.print(f"federation label_noise={noise} seed={seed} ...")
-            summary = simulate(cfg, run)
+            summary = federate(cfg, run)
             models[(noise, seed)] = load_trained(cfg, run, summary["final"])
     return models
 
@@ -258,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         argv if argv is not None else __import__("sys").argv[1:]
     )
     setup = (
-        f"Federations: `festa simulate`, tiny preset, 64 px phantoms, {cfg0.clients} clients "
+        f"Federations: in-process engine, tiny preset, 64 px phantoms, {cfg0.clients} clients "
         f"(classification + segmentation, IID), {cfg0.rounds} rounds x {cfg0.local_steps} local "
         f"steps, batch {cfg0.optim.batch_size}, seeds {args.seeds}; label noise in units of the "
         f"per-sample label sensitivity. Wall time {time.perf_counter() - started:.0f} s."
