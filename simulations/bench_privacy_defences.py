@@ -46,7 +46,6 @@ from festa.simulations.bench_privacy import (
     Trained,
     attacker_model,
     federation_config,
-    load_trained,
     observe_round,
 )
 
@@ -71,17 +70,56 @@ def federate(cfg: FederationConfig, run: Path) -> dict[str, Any]:
     return Federation(cfg, run, console=Console(quiet=True)).run(InProcessTransport(cfg))
 
 
+def arm_config(args: argparse.Namespace, noise: float, seed: int) -> FederationConfig:
+    """The bench_privacy federation (phantoms), or the sites of `--federation` (e.g. cxr-open)."""
+    cfg = federation_config(argparse.Namespace(**{**vars(args), "seed": seed}), 0.0)
+    cfg = cfg.model_copy(update={"label_noise": noise})
+    if not args.federation:
+        return cfg
+    import tomllib
+
+    from festa.shared.tasks import registered_tasks
+
+    sites = tomllib.loads(args.federation.read_text())["site"]
+    return FederationConfig.model_validate(
+        {
+            **cfg.model_dump(),
+            "federation": str(args.federation.resolve()),
+            "clients": len(sites),
+            "tasks": registered_tasks(),
+            "data": {**cfg.data.model_dump(), "source": args.data},
+        }
+    )
+
+
+def load_run(cfg: FederationConfig, run: Path, metrics: dict) -> Trained:
+    """Body and averaged task states of a finished run (the server's view)."""
+    from festa.client.site_data import federation_plan
+    from festa.shared.model import Body
+    from festa.shared.train.task_model import TaskModel
+
+    ckpt = torch.load(run / "checkpoints" / "latest.pt", weights_only=False)
+    body = Body(cfg.model)
+    body_state = ckpt["body"]
+    body.load_state_dict(body_state.get("body", body_state))
+    body.eval()
+    _, names, tasks, _, _ = federation_plan(cfg)
+    site = next(n for n, t in zip(names, tasks, strict=True) if t == "classification")
+    victim = TaskModel.build("classification", cfg.model)
+    victim.load_state_dict(ckpt["reply_states"].get(site, ckpt["task_states"]["classification"]))
+    return Trained(cfg, metrics, body, ckpt["task_states"], victim, site)
+
+
 def train_arms(args: argparse.Namespace, console: Console) -> dict[tuple[float, int], Trained]:
     """One finished federation per (label noise, seed); reused from `--work` when present."""
     models = {}
     for noise in [0.0, *args.levels]:
         for seed in args.seed_list:
-            a = argparse.Namespace(**{**vars(args), "seed": seed})
-            cfg = federation_config(a, 0.0).model_copy(update={"label_noise": noise})
+            cfg = arm_config(args, noise, seed)
             run = args.work / f"fed-label-{noise}-seed-{seed}"
             console.print(f"federation label_noise={noise} seed={seed} ...")
             summary = federate(cfg, run)
-            models[(noise, seed)] = load_trained(cfg, run, summary["final"])
+            models[(noise, seed)] = load_run(cfg, run, summary["final"])
     return models
 
 
@@ -249,6 +287,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--skew-sites", type=int, default=6)
     parser.add_argument("--group-sizes", default="3,6")
     parser.add_argument("--calibration-sites", type=int, default=16)
+    parser.add_argument(
+        "--federation", type=Path, default=None, help="federation file (e.g. cxr-open) for phantoms"
+    )
+    parser.add_argument("--data", default="", help="data folder of --federation's sites")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", type=Path, default=Path("/tmp/festa-bench-privacy-defences"))
     parser.add_argument("--no-publish", action="store_true", help="print only")
@@ -268,20 +310,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     models = train_arms(args, console)
     costs = cost_rows(models, args)
     attacks = attack_rows(models, args)
-    mix = label_mix_rows(models[(0.0, args.seed_list[0])], args)
     cfg0 = models[(0.0, args.seed_list[0])].cfg
+    data = "cxr-open" if args.federation else "phantoms"
+    # the label-mix attack calibrates on public phantoms: measured on the phantom federation
+    mix = None if args.federation else label_mix_rows(models[(0.0, args.seed_list[0])], args)
     command = "python -m festa.simulations.bench_privacy_defences " + " ".join(
         argv if argv is not None else __import__("sys").argv[1:]
     )
+    who = (
+        f"the {cfg0.clients} sites of {args.federation.name} (classification labels confounded "
+        "with site: not clinical evidence)"
+        if args.federation
+        else f"64 px phantoms, {cfg0.clients} clients (classification + segmentation, IID)"
+    )
     setup = (
-        f"Federations: in-process engine, tiny preset, 64 px phantoms, {cfg0.clients} clients "
-        f"(classification + segmentation, IID), {cfg0.rounds} rounds x {cfg0.local_steps} local "
+        f"Federations: in-process engine, tiny preset, {who}, {cfg0.rounds} rounds x {cfg0.local_steps} local "
         f"steps, batch {cfg0.optim.batch_size}, seeds {args.seeds}; label noise in units of the "
         f"per-sample label sensitivity. Wall time {time.perf_counter() - started:.0f} s."
     )
     write = not args.no_publish
     publish(
-        "Privacy defences: accuracy cost of label protection (phantoms)",
+        f"Privacy defences: accuracy cost of label protection ({data})",
         command,
         ["protection", "classification auc", "segmentation dice", "Δ auc", "Δ dice"],
         costs,
@@ -291,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         write=write,
     )
     publish(
-        "Privacy defences: labels from returned gradients under label protection (phantoms)",
+        f"Privacy defences: labels from returned gradients under label protection ({data})",
         command,
         ["protection", "attack", "labels recovered (mean ± sd over seeds)", "majority", "goal"],
         attacks,
@@ -302,6 +351,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         console=console,
         write=write,
     )
+    if mix is None:
+        return
     publish(
         "Privacy defences: label mix from tail-bias updates under secure aggregation (phantoms)",
         command,

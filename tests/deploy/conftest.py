@@ -210,7 +210,7 @@ def running_deployment(
                 cwd=REPO,
                 capture_output=True,
                 text=True,
-                timeout=60,
+                timeout=180,  # the flwr CLI alone takes over a minute on a loaded 2-core machine
             )
             assert reg.returncode == 0, reg.stdout + reg.stderr
         for site, path in site_tomls.items():
