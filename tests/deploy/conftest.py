@@ -97,6 +97,11 @@ class Deployment:
             timeout=timeout,
         )
 
+    def flwr_run(self, timeout: float = 360) -> subprocess.CompletedProcess:
+        """`flwr run` of this checkout with the run config `festa server start` wrote."""
+        argv = ["run", str(REPO), "festa", "--run-config", str(self.state / "run-config.toml")]
+        return self.flwr(*argv, "--stream", timeout=timeout)
+
     def log(self, name: str) -> str:
         path = self.root / f"{name}.out"
         return path.read_text(errors="replace") if path.exists() else ""

@@ -6,7 +6,6 @@ never a site's own."""
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -14,7 +13,7 @@ import torch
 
 from festa.server.deploy import DEPLOYMENT_PRIVACY
 from festa.server.store import RunStore
-from tests.deploy.conftest import REPO, TINY_RUN, Deployment, running_deployment
+from tests.deploy.conftest import TINY_RUN, Deployment, running_deployment
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
 
@@ -36,22 +35,7 @@ def test_deployment_defaults_run_secure_aggregation_and_label_protection(secure_
     config = (dep.state / "run-config.toml").read_text()
     assert '"secure-aggregation" = true' in config and '"label-noise" = 6.0' in config
     assert DEPLOYMENT_PRIVACY["secure-aggregation"] is True
-    run = subprocess.run(
-        [
-            "flwr",
-            "run",
-            str(REPO),
-            "festa",
-            "--run-config",
-            str(dep.state / "run-config.toml"),
-            "--stream",
-        ],
-        cwd=REPO,
-        env=dep.flwr_env,
-        capture_output=True,
-        text=True,
-        timeout=420,
-    )
+    run = dep.flwr_run(timeout=420)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     with RunStore(dep.state / "festa.db") as store:
         (summary,) = store.runs()

@@ -203,6 +203,8 @@ def test_a_federation_with_a_group_of_two_is_refused(tmp_path):
         Federation(cfg, tmp_path / "small").run(InProcessTransport(cfg))
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_flower_simulation_engine_runs_secure_aggregation(tmp_path):
     lines = [f"{k} = {json.dumps(v)}" for k, v in CONFIG.items() if not isinstance(v, dict)]
     lines += ["secure_aggregation = true", "rounds = 1"]
@@ -231,3 +233,9 @@ def test_flower_simulation_engine_runs_secure_aggregation(tmp_path):
     assert ckpt["reply_states"] == {} and ckpt["round"] == 1
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["state"] == "finished" and not summary["dropped"], summary
+    # the same model plain FedAvg reaches (on the in-process engine; engines agree to 1e-4)
+    plain = FederationConfig.model_validate({**CONFIG, "rounds": 1})
+    fed = Federation(plain, tmp_path / "plain")
+    fed.run(InProcessTransport(plain))
+    for key, value in fed.task_states["classification"].items():
+        assert torch.allclose(value, ckpt["task_states"]["classification"][key], atol=1e-4), key
