@@ -78,7 +78,7 @@ def arm_config(args: argparse.Namespace, noise: float, seed: int) -> FederationC
         return cfg
     import tomllib
 
-    from festa.shared.tasks import registered_tasks
+    from festa.shared.config import registered_tasks
 
     sites = tomllib.loads(args.federation.read_text())["site"]
     return FederationConfig.model_validate(
@@ -272,6 +272,43 @@ def label_mix_rows(base: Trained, args: argparse.Namespace) -> list[list]:
     return rows
 
 
+def inversion_on_federation(
+    args: argparse.Namespace, console: Console
+) -> tuple[list[Any], torch.Tensor, dict[float, Trained]]:
+    """bench_privacy's feature-inversion settings on the sites of `--federation`: the victim is
+    the first classification site (its training images), the attacker's public images are every
+    other site's; a second federation with token noise 0.1 gives the adaptive noisy row."""
+    from rich.progress import Progress
+
+    from festa.client.site_data import simulated_site
+    from festa.shared.data.datasets import collate
+    from festa.simulations.bench_privacy import Attack, inversion_rows
+
+    seed = args.seed = args.seed_list[0]
+    models = {}
+    for noise in (0.0, 0.1):
+        cfg = arm_config(args, 0.0, seed).model_copy(update={"token_noise": noise})
+        # token noise 0 is the label-noise-0 arm of train_arms: reused from the same --work
+        name = f"fed-token-{noise}-seed-{seed}" if noise else f"fed-label-0.0-seed-{seed}"
+        run = args.work / name
+        console.print(f"federation token_noise={noise} seed={seed} (inversion) ...")
+        models[noise] = load_run(cfg, run, federate(cfg, run)["final"])
+    cfg = models[0.0].cfg
+    sites = [simulated_site(cfg, i) for i in range(cfg.clients)]
+
+    def images(site: Any, limit: int | None = None) -> torch.Tensor:
+        idx = site.train_indices[:limit]
+        return collate([site.train[int(i)] for i in idx])["image"]
+
+    victim_id = models[0.0].victim_site
+    victim = images(next(s for s in sites if s.site_id == victim_id), args.victim)
+    public = torch.cat([images(s) for s in sites if s.site_id != victim_id])
+    args.victim_batch = cfg.optim.batch_size
+    with Progress(console=console) as progress:
+        rows = inversion_rows(Attack(models, public, victim, args, progress))
+    return rows, victim, models
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -291,6 +328,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--federation", type=Path, default=None, help="federation file (e.g. cxr-open) for phantoms"
     )
     parser.add_argument("--data", default="", help="data folder of --federation's sites")
+    parser.add_argument(
+        "--inversion", action="store_true", help="with --federation: feature inversion + figure"
+    )
+    parser.add_argument("--victim", type=int, default=200, help="inversion: victim images")
+    parser.add_argument("--epochs", type=int, default=60, help="inversion: decoder epoch limit")
+    parser.add_argument("--patience", type=int, default=4)
+    parser.add_argument("--position-epochs", type=int, default=10)
+    parser.add_argument("--figure-images", type=int, default=6)
+    parser.add_argument(
+        "--figure",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "docs" / "privacy_cxr_open.png",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", type=Path, default=Path("/tmp/festa-bench-privacy-defences"))
     parser.add_argument("--no-publish", action="store_true", help="print only")
@@ -307,6 +357,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     from festa.simulations.benchmark_table import machine_line, publish
 
     machine = machine_line()
+    command = "python -m festa.simulations.bench_privacy_defences " + " ".join(
+        argv if argv is not None else __import__("sys").argv[1:]
+    )
+    if args.inversion:
+        publish_inversion(args, console, machine, command, started)
+        return
     models = train_arms(args, console)
     costs = cost_rows(models, args)
     attacks = attack_rows(models, args)
@@ -314,9 +370,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = "cxr-open" if args.federation else "phantoms"
     # the label-mix attack calibrates on public phantoms: measured on the phantom federation
     mix = None if args.federation else label_mix_rows(models[(0.0, args.seed_list[0])], args)
-    command = "python -m festa.simulations.bench_privacy_defences " + " ".join(
-        argv if argv is not None else __import__("sys").argv[1:]
-    )
     who = (
         f"the {cfg0.clients} sites of {args.federation.name} (classification labels confounded "
         "with site: not clinical evidence)"
@@ -365,6 +418,65 @@ def main(argv: Sequence[str] | None = None) -> None:
         machine=machine,
         console=console,
         write=write,
+    )
+
+
+def publish_inversion(
+    args: argparse.Namespace, console: Console, machine: str, command: str, started: float
+) -> None:
+    """Feature inversion on `--federation` (e.g. cxr-open): table + figure."""
+    from festa.shared.tasks import primary_metric
+    from festa.simulations.bench_privacy import save_figure
+    from festa.simulations.benchmark_table import publish
+
+    if not args.federation:
+        raise SystemExit("--inversion needs --federation")
+    rows, victim, models = inversion_on_federation(args, console)
+    save_figure(victim, rows, args.figure)
+
+    def metric(trained_with: str, task: str) -> Any:
+        if trained_with == "-":
+            return "-"
+        m = models[float(trained_with.split()[-1])].metrics.get(task, {})
+        return m.get(primary_metric(task), float("nan"))
+
+    table = [
+        [
+            r.setting,
+            r.trained_with,
+            r.psnr,
+            r.ssim,
+            r.note,
+            metric(r.trained_with, "classification"),
+            metric(r.trained_with, "segmentation"),
+        ]
+        for r in rows
+    ]
+    cfg = models[0.0].cfg
+    publish(
+        f"Privacy: feature inversion by the server on {args.federation.stem} (PSNR/SSIM on victim images)",
+        command,
+        [
+            "setting",
+            "model trained with",
+            "PSNR dB",
+            "SSIM",
+            "note",
+            "classification auc",
+            "segmentation dice",
+        ],
+        table,
+        notes=f"Federations: in-process engine, tiny preset ({cfg.model.image_size} px), the "
+        f"{cfg.clients} sites of {args.federation.name}, {cfg.rounds} rounds x {cfg.local_steps} "
+        f"local steps, seed {cfg.seed}; token noise 0 and 0.1. Victim: {len(victim)} training "
+        f"images of {models[0.0].victim_site}, through the real client path with the averaged "
+        "classification head; attacker's public images: every other site's training images "
+        f"(decoder as in the phantom table, at most {args.epochs} epochs, patience "
+        f"{args.patience}). Classification labels on cxr-open are confounded with site. "
+        f"Figure: `{args.figure}`. Wall time {time.perf_counter() - started:.0f} s.",
+        machine=machine,
+        console=console,
+        write=not args.no_publish,
     )
 
 
