@@ -105,3 +105,50 @@ def test_bad_setting_and_epsilon():
         LabelGradientNoise(TASK.loss, -1.0, torch.Generator())
     assert label_dp_epsilon(0.0, 10) == math.inf
     assert label_dp_epsilon(6.0, 1) < label_dp_epsilon(6.0, 100) < label_dp_epsilon(2.0, 100)
+
+
+def test_a_protected_client_round_leaks_far_less_than_an_unprotected_one():
+    """`train_round` with `label_noise` (the config path every client takes) against a curious
+    body: the best attack falls from ~100 % to about the majority class."""
+    import copy
+
+    from festa.client.local_training import round_seed, train_round
+    from festa.client.site_data import simulated_site
+    from festa.shared.config import FederationConfig
+    from festa.shared.train.task_model import TaskModel, cycle_batches, make_loader
+
+    base = FederationConfig.model_validate(
+        {
+            "clients": 1,
+            "tasks": ["classification"],
+            "partition": "iid",
+            "degrade": "none",
+            "restore": "none",
+            "local_steps": 4,
+            "model": CFG.model_dump(),
+            "data": {"train_size": 64, "val_size": 8},
+            "optim": {"batch_size": 16},
+        }
+    )
+    rates = {}
+    for noise in (0.0, 6.0):
+        cfg = base.model_copy(update={"label_noise": noise})
+        site = simulated_site(cfg, 0)
+        torch.manual_seed(0)
+        model = TaskModel.build("classification", cfg.model)
+        sent_tail = copy.deepcopy(model.tail).eval()  # what the server sent at the round's start
+        link = CuriousBodyLink(Body(cfg.model))
+        train_round(cfg, site, model, link, 1)
+        seed = round_seed(cfg.seed, 1, site.site_id)
+        loader = make_loader(site.train, site.train_indices, 16, True, seed)
+        labels = torch.cat([b["label"] for b in cycle_batches(loader, cfg.local_steps)]).numpy()
+        guesses = torch.cat(
+            [
+                decode_labels_from_gradients(sent_tail, TASK.loss, o, g)
+                for o, g in zip(link.outputs, link.grads, strict=True)
+            ]
+        ).numpy()
+        kmeans = matched_accuracy(cluster_gradients(torch.cat(link.grads), C), labels, C)
+        rates[noise] = (max(float((guesses == labels).mean()), kmeans), majority_rate(labels, C))
+    assert rates[0.0][0] > 0.9
+    assert rates[6.0][0] <= rates[6.0][1] + 0.2 and rates[6.0][0] < rates[0.0][0] - 0.4
