@@ -331,6 +331,7 @@ class Federation:
                 dropped[site] = why
                 self.console.print(f"[yellow]round {r}: dropped {site}: {why}[/]")
                 self.recorder.event("dropped", f"{site}: {why}", site_id=site)
+                self.recorder.client_offline(site)
         elif cfg.schedule.unifies(r, cfg.rounds):
             self.task_states.update(
                 fedavg_by_task(

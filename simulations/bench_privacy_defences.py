@@ -191,6 +191,7 @@ def attack_rows(models: dict[tuple[float, int], Trained], args: argparse.Namespa
             releases = cfg.local_steps * cfg.optim.batch_size / max(len(site.train_indices), 1)
         best = max(np.mean(v) for v in hits.values())
         eps_round = label_dp_epsilon(noise, int(np.ceil(releases)))
+        eps_run = label_dp_epsilon(noise, int(np.ceil(releases * cfg.rounds)))
         for name, v in hits.items():
             rows.append(
                 [
@@ -205,7 +206,7 @@ def attack_rows(models: dict[tuple[float, int], Trained], args: argparse.Namespa
         rows[-1][4] = (
             f"best {100 * best:.1f}% over {n} samples: {'MET' if goal else 'MISSED'} "
             f"(<= majority + 5 pp); label-DP eps per release {label_dp_epsilon(noise, 1):.2f}, "
-            f"per round {eps_round:.1f} (delta 1e-5)"
+            f"per round {eps_round:.1f}, per {cfg.rounds}-round run {eps_run:.1f} (delta 1e-5)"
         )
     return rows
 
