@@ -22,9 +22,9 @@ from festa.client.restored_data import with_scanner
 from festa.client.site_data import SiteData, simulated_site
 from festa.shared.config import FederationConfig
 from festa.shared.model.pipeline import PipelinedBodyLink, split_train_pipelined
-from festa.shared.model.split import BodyLink, permuted_body, split_train_step
+from festa.shared.model.split import BodyLink, GradTransform, permuted_body, split_train_step
 from festa.shared.model.token_noise import with_token_noise
-from festa.shared.privacy.label_protection import LabelGradientNoise
+from festa.shared.privacy.label_protection import LabelGradientNoise, zero_gradient
 from festa.shared.train.task_model import TaskModel, cycle_batches, evaluate, make_loader, to_device
 
 
@@ -125,10 +125,14 @@ def train_round(
 
 def label_protection(
     cfg: FederationConfig, site: SiteData, round_number: int, model: TaskModel
-) -> LabelGradientNoise | None:
-    """The returned-gradient label protection of a classification site (`cfg.label_noise`),
-    seeded per (run, round, site); None for other tasks or when off."""
-    if cfg.label_noise <= 0 or site.task != "classification":
+) -> GradTransform | None:
+    """The returned-gradient label protection of a classification site (`cfg.label_protection`,
+    `cfg.label_noise`), seeded per (run, round, site); None for other tasks or when off."""
+    if site.task != "classification":
+        return None
+    if cfg.label_protection == "tail-only":
+        return zero_gradient
+    if cfg.label_noise <= 0:
         return None
     seed = round_seed(cfg.seed, round_number, f"{site.site_id}/label-noise")
     return LabelGradientNoise(model.task.loss, cfg.label_noise, torch.Generator().manual_seed(seed))

@@ -267,6 +267,12 @@ class FederationConfig(FestaModel):
         "(festa.shared.privacy.label_protection); 0: off. Deployments default to "
         "DEPLOYMENT_LABEL_NOISE",
     )
+    label_protection: Literal["noise", "tail-only"] = Field(
+        "noise",
+        description="noise: label-span noise of std label_noise on returned gradients; "
+        "tail-only: classification sites return zero gradients (nothing label-bearing leaves; "
+        "their head stays as initialised and the body learns from the other tasks only)",
+    )
     secure_aggregation: bool = Field(
         False,
         description="heads/tails are summed under pairwise masks (SecAgg with Shamir-shared "

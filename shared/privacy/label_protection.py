@@ -103,3 +103,11 @@ def label_dp_epsilon(noise: float, releases: int, delta: float = 1e-5) -> float:
         return 0.0
     orders = [1 + x / 10 for x in range(1, 1000)]
     return min(releases * a / (2 * noise**2) + math.log(1 / delta) / (a - 1) for a in orders)
+
+
+def zero_gradient(
+    grad: torch.Tensor, body_out: torch.Tensor, tail_fn: TailFn, batch: dict[str, Any]
+) -> torch.Tensor:
+    """The `tail-only` design: return no gradient at all (zeros: the body's sync step still
+    gets one per forward). The tail trains on the exact local gradient; the head gets none."""
+    return torch.zeros_like(grad)
