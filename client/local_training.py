@@ -128,12 +128,10 @@ def label_protection(
 ) -> GradTransform | None:
     """The returned-gradient label protection of a classification site (`cfg.label_protection`,
     `cfg.label_noise`), seeded per (run, round, site); None for other tasks or when off."""
-    if site.task != "classification":
+    if site.task != "classification" or cfg.label_protection == "off":
         return None
     if cfg.label_protection == "tail-only":
         return zero_gradient
-    if cfg.label_noise <= 0:
-        return None
     seed = round_seed(cfg.seed, round_number, f"{site.site_id}/label-noise")
     return LabelGradientNoise(model.task.loss, cfg.label_noise, torch.Generator().manual_seed(seed))
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from festa.shared.config import DEPLOYMENT_LABEL_NOISE, ConfigError
+from festa.shared.config import DEPLOYMENT_LABEL_PROTECTION, ConfigError
 from festa.shared.deploy import (
     DeployModel,
     is_loopback,
@@ -33,7 +33,7 @@ from festa.shared.deploy import (
 RunConfigValue = str | int | float | bool
 
 DEPLOYMENT_PRIVACY: dict[str, RunConfigValue] = {
-    "label-noise": DEPLOYMENT_LABEL_NOISE,
+    "label-protection": DEPLOYMENT_LABEL_PROTECTION,
     "secure-aggregation": True,
 }
 """Run-config keys every deployed run gets unless `[run.config]` sets them: label protection of

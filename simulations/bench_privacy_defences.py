@@ -70,10 +70,21 @@ def federate(cfg: FederationConfig, run: Path) -> dict[str, Any]:
     return Federation(cfg, run, console=Console(quiet=True)).run(InProcessTransport(cfg))
 
 
+TAIL_ONLY = -1.0  # the arm key of label_protection = tail-only (zero gradients)
+
+
+def arm_name(noise: float) -> str:
+    return {0.0: "none", TAIL_ONLY: "tail-only (zero gradients)"}.get(noise, f"label noise {noise}")
+
+
 def arm_config(args: argparse.Namespace, noise: float, seed: int) -> FederationConfig:
-    """The bench_privacy federation (phantoms), or the sites of `--federation` (e.g. cxr-open)."""
+    """The bench_privacy federation (phantoms), or the sites of `--federation` (e.g. cxr-open);
+    `noise` > 0: label-span noise of that std, TAIL_ONLY: zero gradients, 0: no protection."""
     cfg = federation_config(argparse.Namespace(**{**vars(args), "seed": seed}), 0.0)
-    cfg = cfg.model_copy(update={"label_noise": noise})
+    if noise == TAIL_ONLY:
+        cfg = cfg.model_copy(update={"label_protection": "tail-only"})
+    elif noise:
+        cfg = cfg.model_copy(update={"label_protection": "noise", "label_noise": noise})
     if not args.federation:
         return cfg
     import tomllib
@@ -113,10 +124,11 @@ def load_run(cfg: FederationConfig, run: Path, metrics: dict) -> Trained:
 def train_arms(args: argparse.Namespace, console: Console) -> dict[tuple[float, int], Trained]:
     """One finished federation per (label noise, seed); reused from `--work` when present."""
     models = {}
-    for noise in [0.0, *args.levels]:
+    for noise in args.arms:
         for seed in args.seed_list:
             cfg = arm_config(args, noise, seed)
-            run = args.work / f"fed-label-{noise}-seed-{seed}"
+            name = "tail-only" if noise == TAIL_ONLY else f"label-{noise}"
+            run = args.work / f"fed-{name}-seed-{seed}"
             console.print(f"federation label_noise={noise} seed={seed} ...")
             summary = federate(cfg, run)
             models[(noise, seed)] = load_run(cfg, run, summary["final"])
@@ -130,11 +142,11 @@ def cost_rows(models: dict[tuple[float, int], Trained], args: argparse.Namespace
     base_auc = metric(0.0, "classification", "auc")
     base_dice = metric(0.0, "segmentation", "dice")
     rows = []
-    for noise in [0.0, *args.levels]:
+    for noise in args.arms:
         auc, dice = metric(noise, "classification", "auc"), metric(noise, "segmentation", "dice")
         rows.append(
             [
-                f"label noise {noise}" if noise else "none",
+                arm_name(noise),
                 _mean_sd(auc),
                 _mean_sd(dice),
                 f"{np.mean(auc) - np.mean(base_auc):+.3f}",
@@ -149,7 +161,18 @@ def attack_rows(models: dict[tuple[float, int], Trained], args: argparse.Namespa
     from festa.client.site_data import simulated_site
 
     rows = []
-    for noise in [0.0, *args.levels]:
+    for noise in args.arms:
+        if noise == TAIL_ONLY:
+            rows.append(
+                [
+                    arm_name(noise),
+                    "any",
+                    "a constant guess: every returned gradient is 0",
+                    "",
+                    "MET",
+                ]
+            )
+            continue
         hits: dict[str, list[float]] = {}
         majority, n = [], 0
         for seed in args.seed_list:
@@ -195,7 +218,7 @@ def attack_rows(models: dict[tuple[float, int], Trained], args: argparse.Namespa
         for name, v in hits.items():
             rows.append(
                 [
-                    f"label noise {noise}" if noise else "none",
+                    arm_name(noise),
                     name,
                     f"{100 * np.mean(v):.1f}% ± {100 * np.std(v):.1f}",
                     f"{100 * np.mean(majority):.1f}%",
@@ -317,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
     parser.add_argument("--noise", default="6", help="label noise levels besides 0")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--tail-only", action="store_true", help="also the tail-only design")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--local-steps", type=int, default=12)
     parser.add_argument("--train-size", type=int, default=800)
@@ -350,6 +374,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.rounds, args.local_steps, args.train_size, args.val_size = 2, 4, 160, 64
         args.public, args.skew_sites, args.calibration_sites = 256, 6, 6
     args.levels = [float(x) for x in args.noise.split(",") if x.strip()]
+    args.arms = [0.0, *args.levels, *([TAIL_ONLY] if args.tail_only else [])]
     args.seed_list = [int(x) for x in args.seeds.split(",") if x.strip()]
     args.group_sizes = [int(x) for x in args.group_sizes.split(",") if x.strip()]
     torch.set_num_threads(args.threads)

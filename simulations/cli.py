@@ -41,12 +41,16 @@ def simulate(
         float | None,
         typer.Option(help="Gaussian noise on sent tokens, std relative to their RMS (0: off)"),
     ] = None,
+    label_protection: Annotated[
+        str | None,
+        typer.Option(
+            help="off | noise | tail-only: what classification sites do to the gradient they "
+            "return (deployments run tail-only)"
+        ),
+    ] = None,
     label_noise: Annotated[
         float | None,
-        typer.Option(
-            help="classification sites noise the gradient they return, in units of the label "
-            "sensitivity (0: off; deployments run 6)"
-        ),
+        typer.Option(help="--label-protection noise: std in units of the label sensitivity"),
     ] = None,
     secure_aggregation: Annotated[
         bool | None,
@@ -109,6 +113,7 @@ def simulate(
                 wire=wire,
                 permute=permute,
                 token_noise=token_noise,
+                label_protection=label_protection,
                 label_noise=label_noise,
                 secure_aggregation=secure_aggregation,
                 mode=mode,

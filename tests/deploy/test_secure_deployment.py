@@ -33,7 +33,7 @@ def secure_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Depl
 def test_deployment_defaults_run_secure_aggregation_and_label_protection(secure_deployment):
     dep = secure_deployment
     config = (dep.state / "run-config.toml").read_text()
-    assert '"secure-aggregation" = true' in config and '"label-noise" = 6.0' in config
+    assert '"secure-aggregation" = true' in config and '"label-protection" = "tail-only"' in config
     assert DEPLOYMENT_PRIVACY["secure-aggregation"] is True
     run = dep.flwr_run(timeout=1200)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -46,7 +46,7 @@ def test_deployment_defaults_run_secure_aggregation_and_label_protection(secure_
             assert c["dropped"] is None and not c["failed"] and c["metrics"], c
     (run_dir,) = [p for p in (dep.state / "runs").iterdir() if (p / "summary.json").exists()]
     cfg = json.loads((run_dir / "config.json").read_text())
-    assert cfg["secure_aggregation"] is True and cfg["label_noise"] == 6.0
+    assert cfg["secure_aggregation"] is True and cfg["label_protection"] == "tail-only"
     ckpt = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)
     assert ckpt["reply_states"] == {} and ckpt["client_states"] == {}
     assert set(ckpt["task_states"]) == {"classification"}

@@ -108,7 +108,7 @@ def test_bad_setting_and_epsilon():
 
 
 def test_a_protected_client_round_leaks_far_less_than_an_unprotected_one():
-    """`train_round` with `label_noise` (the config path every client takes) against a curious
+    """`train_round` with `label_protection` (the config path every client takes) against a curious
     body: the best attack falls from ~100 % to about the majority class."""
     import copy
 
@@ -132,7 +132,11 @@ def test_a_protected_client_round_leaks_far_less_than_an_unprotected_one():
     )
     rates = {}
     for noise in (0.0, 6.0, "tail-only"):
-        update = {"label_protection": noise} if noise == "tail-only" else {"label_noise": noise}
+        update = (
+            {"label_protection": noise}
+            if noise == "tail-only"
+            else {"label_protection": "noise" if noise else "off", "label_noise": noise}
+        )
         cfg = base.model_copy(update=update)
         site = simulated_site(cfg, 0)
         torch.manual_seed(0)
