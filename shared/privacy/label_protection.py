@@ -15,8 +15,11 @@ direction the two labels' gradients differ. Generalised to C classes:
 The noise is unbiased (the body's gradient is right on average) and sits only where labels live,
 so the body and the head see no noise in directions the label cannot move. Per release this is
 a Gaussian mechanism of sensitivity `s_i` on the label (`J_i` and the tail are post-processing),
-so `label_dp_epsilon` gives its label-DP (epsilon, delta) by Renyi composition. Only the gradient
-channel is covered; the tail update a site sends at the end of a round is protected by secure
+so `label_dp_epsilon` gives its label-DP (epsilon, delta) by Renyi composition. `zero_gradient` is the
+other design measured (`label_protection = "tail-only"`, what deployments run): nothing
+label-bearing is returned at all, at the price of a head that never trains (BENCHMARKS.md,
+"Privacy defences": it costs far less accuracy than noise at the level that hides labels).
+Only the gradient channel is covered; the tail update a site sends at the end of a round is protected by secure
 aggregation (`festa.server.secure_aggregation`).
 """
 
