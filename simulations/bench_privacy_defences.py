@@ -451,8 +451,7 @@ def publish_inversion(
     args: argparse.Namespace, console: Console, machine: str, command: str, started: float
 ) -> None:
     """Feature inversion on `--federation` (e.g. cxr-open): table + figure."""
-    from festa.shared.tasks import primary_metric
-    from festa.simulations.bench_privacy import save_figure
+    from festa.simulations.bench_privacy import INVERSION_COLUMNS, inversion_table, save_figure
     from festa.simulations.benchmark_table import publish
 
     if not args.federation:
@@ -460,37 +459,12 @@ def publish_inversion(
     rows, victim, models = inversion_on_federation(args, console)
     save_figure(victim, rows, args.figure)
 
-    def metric(trained_with: str, task: str) -> Any:
-        if trained_with == "-":
-            return "-"
-        m = models[float(trained_with.split()[-1])].metrics.get(task, {})
-        return m.get(primary_metric(task), float("nan"))
-
-    table = [
-        [
-            r.setting,
-            r.trained_with,
-            r.psnr,
-            r.ssim,
-            r.note,
-            metric(r.trained_with, "classification"),
-            metric(r.trained_with, "segmentation"),
-        ]
-        for r in rows
-    ]
+    table = inversion_table(rows, models)
     cfg = models[0.0].cfg
     publish(
         f"Privacy: feature inversion by the server on {args.federation.stem} (PSNR/SSIM on victim images)",
         command,
-        [
-            "setting",
-            "model trained with",
-            "PSNR dB",
-            "SSIM",
-            "note",
-            "classification auc",
-            "segmentation dice",
-        ],
+        INVERSION_COLUMNS,
         table,
         notes=f"Federations: in-process engine, tiny preset ({cfg.model.image_size} px), the "
         f"{cfg.clients} sites of {args.federation.name}, {cfg.rounds} rounds x {cfg.local_steps} "
