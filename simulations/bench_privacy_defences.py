@@ -447,6 +447,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
 
 
+def _relative(path: Path) -> Path:
+    repo = Path(__file__).resolve().parents[1]
+    return path.resolve().relative_to(repo) if path.resolve().is_relative_to(repo) else path
+
+
 def publish_inversion(
     args: argparse.Namespace, console: Console, machine: str, command: str, started: float
 ) -> None:
@@ -473,7 +478,7 @@ def publish_inversion(
         "classification head; attacker's public images: every other site's training images "
         f"(decoder as in the phantom table, at most {args.epochs} epochs, patience "
         f"{args.patience}). Classification labels on cxr-open are confounded with site. "
-        f"Figure: `{args.figure}`. Wall time {time.perf_counter() - started:.0f} s.",
+        f"Figure: `{_relative(args.figure)}`. Wall time {time.perf_counter() - started:.0f} s.",
         machine=machine,
         console=console,
         write=not args.no_publish,
