@@ -17,10 +17,9 @@ opened with that depth; `welcome.pipeline_depth` says what the round allows).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import queue
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc

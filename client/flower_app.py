@@ -9,6 +9,8 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from festa.client import secure_aggregation as secagg
+from festa.client.body_client import LinkTls
 from festa.client.local_training import (
     describe_site,
     evaluate_instruction,
@@ -19,7 +21,6 @@ from festa.client.local_training import (
 from festa.client.restored_data import from_site_daemon
 from festa.client.site_data import SiteData, deployed_site
 from festa.shared.config import FederationConfig
-from festa.client.body_client import LinkTls
 from festa.shared.runtime import configure_process
 
 log = logging.getLogger(__name__)
@@ -89,12 +90,51 @@ def describe(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"site": ConfigRecord(describe_site(site))}), reply_to=msg)
 
 
+SECAGG_STATE = "festa-secagg"  # the Context.state record secure aggregation keeps a round in
+
+
+def _secagg(context: Context, step):  # noqa: ANN001, ANN202
+    """Run `step(store)` on this node's secure-aggregation store, kept in `context.state`."""
+    held = context.state.get(SECAGG_STATE)
+    store = dict(held) if held is not None else {}
+    try:
+        return step(store)
+    finally:
+        context.state[SECAGG_STATE] = ConfigRecord(store)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     site, state, config = _unpack(msg, context)
     new_state, metrics = train_instruction(site, state, config, _body_tls(context))
-    content = RecordDict({"weights": ArrayRecord(new_state), "metrics": MetricRecord(metrics)})
+    if parse_config(str(config["festa-config"])).secure_aggregation:
+        # the new head/tail stay here; only masked sums of them leave (festa.client.secure_aggregation)
+        payload = _secagg(context, lambda s: secagg.begin_round(s, config, new_state, metrics))
+        content = RecordDict({"payload": ConfigRecord(payload), "metrics": MetricRecord(metrics)})
+    else:
+        content = RecordDict({"weights": ArrayRecord(new_state), "metrics": MetricRecord(metrics)})
     return Message(content, reply_to=msg)
+
+
+def _secagg_stage(msg: Message, context: Context) -> Message:
+    config = msg.content["config"]
+    payload = _secagg(context, lambda s: secagg.handle(msg.metadata.message_type, s, config))
+    return Message(RecordDict({"payload": ConfigRecord(payload)}), reply_to=msg)
+
+
+@app.query("secagg_share")
+def secagg_share(msg: Message, context: Context) -> Message:
+    return _secagg_stage(msg, context)
+
+
+@app.query("secagg_masked")
+def secagg_masked(msg: Message, context: Context) -> Message:
+    return _secagg_stage(msg, context)
+
+
+@app.query("secagg_unmask")
+def secagg_unmask(msg: Message, context: Context) -> Message:
+    return _secagg_stage(msg, context)
 
 
 @app.evaluate()

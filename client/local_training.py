@@ -22,8 +22,9 @@ from festa.client.restored_data import with_scanner
 from festa.client.site_data import SiteData, simulated_site
 from festa.shared.config import FederationConfig
 from festa.shared.model.pipeline import PipelinedBodyLink, split_train_pipelined
-from festa.shared.model.split import BodyLink, permuted_body, split_train_step
+from festa.shared.model.split import BodyLink, GradTransform, permuted_body, split_train_step
 from festa.shared.model.token_noise import with_token_noise
+from festa.shared.privacy.label_protection import LabelGradientNoise, zero_gradient
 from festa.shared.train.task_model import TaskModel, cycle_batches, evaluate, make_loader, to_device
 
 
@@ -95,10 +96,18 @@ def train_round(
         examples = sum(r.num_examples for r in results)
     else:
         optimizer = _adamw(cfg, model.parameters())
+        protect = label_protection(cfg, site, round_number, model)
         for batch in batches():
             optimizer.zero_grad(set_to_none=True)
             result = split_train_step(
-                model.head, model.tail, model.task.loss, batch, link, perm_gen, permute=cfg.permute
+                model.head,
+                model.tail,
+                model.task.loss,
+                batch,
+                link,
+                perm_gen,
+                permute=cfg.permute,
+                grad_transform=protect,
             )
             optimizer.step()
             losses.append(result.loss)
@@ -112,6 +121,19 @@ def train_round(
         "steps": cfg.local_steps,
         "seconds": time.perf_counter() - started,
     }
+
+
+def label_protection(
+    cfg: FederationConfig, site: SiteData, round_number: int, model: TaskModel
+) -> GradTransform | None:
+    """The returned-gradient label protection of a classification site (`cfg.label_protection`,
+    `cfg.label_noise`), seeded per (run, round, site); None for other tasks or when off."""
+    if site.task != "classification" or cfg.label_protection == "off":
+        return None
+    if cfg.label_protection == "tail-only":
+        return zero_gradient
+    seed = round_seed(cfg.seed, round_number, f"{site.site_id}/label-noise")
+    return LabelGradientNoise(model.task.loss, cfg.label_noise, torch.Generator().manual_seed(seed))
 
 
 def _adamw(cfg: FederationConfig, params: Any) -> torch.optim.AdamW:

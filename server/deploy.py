@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from festa.shared.config import ConfigError
+from festa.shared.config import DEPLOYMENT_LABEL_PROTECTION, ConfigError
 from festa.shared.deploy import (
     DeployModel,
     is_loopback,
@@ -31,6 +31,13 @@ from festa.shared.deploy import (
 )
 
 RunConfigValue = str | int | float | bool
+
+DEPLOYMENT_PRIVACY: dict[str, RunConfigValue] = {
+    "label-protection": DEPLOYMENT_LABEL_PROTECTION,
+    "secure-aggregation": True,
+}
+"""Run-config keys every deployed run gets unless `[run.config]` sets them: label protection of
+returned gradients and secure aggregation of heads/tails (issue 15; README "What is protected")."""
 
 
 class ServerSection(DeployModel):
@@ -184,6 +191,7 @@ def run_config(s: ServerSettings) -> dict[str, RunConfigValue]:
         cfg["body-cert"] = str(s.cert("body.pem").resolve())  # type: ignore[union-attr]
         cfg["body-key"] = str(s.cert("body.key").resolve())  # type: ignore[union-attr]
         cfg["body-ca"] = str(s.cert("ca.pem").resolve())  # type: ignore[union-attr]  # mutual TLS
+    cfg.update(DEPLOYMENT_PRIVACY)
     cfg.update(s.run.config)
     if not cfg["out"]:
         cfg["out"] = str((s.server.state_dir / "runs").resolve() / "{run-id}")

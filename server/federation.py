@@ -39,6 +39,7 @@ from rich.table import Table
 
 from festa.server.body_service import BodyService, RoundReport, TlsFiles, issue_token
 from festa.server.records import BodyRound, ClientRound, RoundRecord
+from festa.server.secure_aggregation import Member, check_group_sizes, secure_fedavg
 from festa.server.store.recorder import RunRecorder
 from festa.server.store.runstore import RunStore
 from festa.shared.config import FederationConfig
@@ -80,6 +81,7 @@ class Reply:
     metrics: dict[str, float] = field(default_factory=dict)
     state: dict[str, torch.Tensor] | None = None
     error: str | None = None
+    payload: dict[str, Any] = field(default_factory=dict)  # secure-aggregation stage replies
 
 
 class Transport(Protocol):
@@ -276,6 +278,9 @@ class Federation:
         self, transport: Transport, clients: list[ClientInfo], r: int, endpoint: str
     ) -> None:
         cfg = self.cfg
+        secure = cfg.secure_aggregation
+        if secure:
+            check_group_sizes({c.site_id: c.task for c in clients})
         phase = cfg.schedule.phase(r, cfg.rounds)
         train_body = cfg.schedule.trains_body(phase)
         started = time.perf_counter()
@@ -303,11 +308,13 @@ class Federation:
         for reply in replies:
             site = reply.client.site_id
             node = str(reply.client.node_id)
-            if reply.error or reply.state is None:
+            if reply.error or (reply.state is None and not secure):
                 dropped[site] = reply.error or "no weights in reply"
             elif node in report.dropped:
                 dropped[site] = report.dropped[node]
-            else:
+            elif secure and "secagg-pk-s" not in reply.payload:
+                dropped[site] = "no secure-aggregation keys in reply"
+            elif not secure:
                 self.client_states[site] = reply.state
                 self.reply_states[site] = reply.state
         if len(dropped) == len(replies):
@@ -319,7 +326,13 @@ class Federation:
 
         # FedAvg within each task group; tasks never average together.
         ok = [rep for rep in replies if rep.client.site_id not in dropped]
-        if cfg.schedule.unifies(r, cfg.rounds):
+        if secure:  # the server sees each task's sum only (festa.server.secure_aggregation)
+            for site, why in self._secure_fedavg(transport, r, ok).items():
+                dropped[site] = why
+                self.console.print(f"[yellow]round {r}: dropped {site}: {why}[/]")
+                self.recorder.event("dropped", f"{site}: {why}", site_id=site)
+                self.recorder.client_offline(site)
+        elif cfg.schedule.unifies(r, cfg.rounds):
             self.task_states.update(
                 fedavg_by_task(
                     [self.client_states[rep.client.site_id] for rep in ok],
@@ -356,6 +369,42 @@ class Federation:
         self.recorder.round_finished(record)
         self._show_round(record)
 
+    def _secure_fedavg(self, transport: Transport, r: int, ok: list[Reply]) -> dict[str, str]:
+        """Each task's FedAvg by secure aggregation into `task_states`; {site: why} for the
+        sites that dropped out during its stages. A group left below the minimum keeps its
+        head/tail this round."""
+
+        def send(kind: str, pairs: list[tuple[ClientInfo, dict[str, Any]]]) -> list[Reply]:
+            ins = [Instruction(c, {}, config) for c, config in pairs]
+            return transport.send(kind, r, ins, self.cfg.round_timeout_s)
+
+        late: dict[str, str] = {}
+        for task in self.cfg.tasks:
+            group = [
+                Member(
+                    str(rep.client.node_id),
+                    max(int(rep.metrics.get("num-examples", 1)), 1),
+                    rep.payload["secagg-pk-c"],
+                    rep.payload["secagg-pk-s"],
+                    rep.client,
+                )
+                for rep in ok
+                if rep.client.task == task
+            ]
+            if not group:
+                continue
+            state, gone = secure_fedavg(send, r, task, group, self.task_states[task])
+            sites = {m.node: m.client.site_id for m in group}
+            late.update({sites[n]: why for n, why in gone.items()})
+            if state is None:
+                self.console.print(
+                    f"[yellow]round {r}: {task} not aggregated: fewer than the minimum of its "
+                    "sites answered every secure-aggregation stage[/]"
+                )
+            else:
+                self.task_states[task] = state
+        return late
+
     # ---- messages --------------------------------------------------------------------------
 
     def _state_for(self, client: ClientInfo) -> dict[str, torch.Tensor]:
@@ -373,6 +422,7 @@ class Federation:
             ttl_s=self.cfg.round_timeout_s,
         )
         return {
+            **({"secagg-node": str(client.node_id)} if self.cfg.secure_aggregation else {}),
             "round": r,
             "phase": phase,
             "task": client.task,

@@ -111,7 +111,8 @@ class FlowerTransport:
             state = (
                 msg.content["weights"].to_torch_state_dict() if "weights" in msg.content else None
             )
-            replies[client.node_id] = Reply(client, metrics=metrics, state=state)
+            payload = dict(msg.content["payload"]) if "payload" in msg.content else {}
+            replies[client.node_id] = Reply(client, metrics=metrics, state=state, payload=payload)
         for node_id, client in by_node.items():
             replies.setdefault(node_id, Reply(client, error=f"no reply within {timeout_s:.0f} s"))
         return [replies[ins.client.node_id] for ins in instructions]

@@ -230,6 +230,15 @@ class FaultInjection(FestaModel):
     after_steps: int = Field(0, ge=0)
 
 
+MIN_SECURE_GROUP = 3
+"""Fewest sites of one task that secure aggregation runs with: in a group of 2 each site
+subtracts its own update from the sum and reads the other's."""
+DEPLOYMENT_LABEL_PROTECTION = "tail-only"
+"""`label_protection` a deployment runs unless its run config says otherwise: of the designs
+measured (BENCHMARKS.md, "Privacy defences") it is the one that leaks nothing through returned
+gradients at the smallest accuracy cost."""
+
+
 class FederationConfig(FestaModel):
     """One federated run: what `festa simulate` and the deployed ServerApp are given."""
 
@@ -250,6 +259,25 @@ class FederationConfig(FestaModel):
         0.0,
         ge=0,
         description="client-side Gaussian noise on sent tokens, std relative to the batch's token RMS",
+    )
+    label_protection: Literal["off", "noise", "tail-only"] = Field(
+        "off",
+        description="what classification sites do to the gradient they return: off; noise: "
+        "label-span Gaussian noise of std label_noise (festa.shared.privacy.label_protection); "
+        "tail-only: return zero gradients (nothing label-bearing leaves; their head stays as "
+        "initialised and the body learns from the other tasks). Deployments default to "
+        "DEPLOYMENT_LABEL_PROTECTION",
+    )
+    label_noise: float = Field(
+        6.0,
+        ge=0,
+        description="label_protection = noise: std in units of the per-sample label sensitivity",
+    )
+    secure_aggregation: bool = Field(
+        False,
+        description="heads/tails are summed under pairwise masks (SecAgg with Shamir-shared "
+        "seeds, festa.server.secure_aggregation): the server sees only each task's average; "
+        "needs >= MIN_SECURE_GROUP sites per task. Deployments default to on",
     )
     pipeline_depth: int = Field(
         1,
@@ -302,6 +330,13 @@ class FederationConfig(FestaModel):
     def _check(self) -> FederationConfig:
         if self.clients < len(self.tasks):
             raise ValueError(f"{self.clients} clients cannot cover {len(self.tasks)} tasks")
+        if self.secure_aggregation and self.schedule.unify_every != 1:
+            raise ValueError(
+                "secure_aggregation needs schedule.unify_every = 1: between unifications the "
+                "server would hold each site's own head/tail"
+            )
+        if self.label_protection != "off" and self.pipeline_depth > 1:
+            raise ValueError("label_protection is not implemented for pipeline_depth > 1")
         if self.pipeline_depth > 1 and self.mode != "async":
             raise ValueError(
                 f"pipeline_depth {self.pipeline_depth} needs mode = 'async' "

@@ -513,6 +513,41 @@ def leakage_rows(base: Trained, public_ds: CXRDataset, args: argparse.Namespace)
     return rows
 
 
+INVERSION_COLUMNS = [
+    "setting",
+    "model trained with",
+    "PSNR dB",
+    "SSIM",
+    "note",
+    "classification auc",
+    "segmentation dice",
+]
+
+
+def inversion_table(rows: Sequence[InversionRow], models: dict[float, Trained]) -> list[list]:
+    """`INVERSION_COLUMNS` rows: each setting's scores and the accuracy of the model attacked."""
+    from festa.shared.tasks import primary_metric
+
+    def metric(row: InversionRow, task: str) -> Any:
+        if row.trained_with == "-":
+            return "-"
+        trained = models[float(row.trained_with.split()[-1])]
+        return trained.metrics.get(task, {}).get(primary_metric(task), float("nan"))
+
+    return [
+        [
+            r.setting,
+            r.trained_with,
+            r.psnr,
+            r.ssim,
+            r.note,
+            metric(r, "classification"),
+            metric(r, "segmentation"),
+        ]
+        for r in rows
+    ]
+
+
 def save_figure(victim: torch.Tensor, rows: Sequence[InversionRow], path: Path) -> None:
     """Originals in the first row, then one row of reconstructions per setting."""
     import matplotlib
@@ -608,38 +643,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     save_figure(victim, inv, args.figure)
     leaks = leakage_rows(models[0.0], public_ds, args)
 
-    def metric(row: InversionRow, task: str) -> Any:
-        from festa.shared.tasks import primary_metric
-
-        if row.trained_with == "-":
-            return "-"
-        trained = models[float(row.trained_with.split()[-1])]
-        return trained.metrics.get(task, {}).get(primary_metric(task), float("nan"))
-
     command = "python -m festa.simulations.bench_privacy " + " ".join(
         argv if argv is not None else __import__("sys").argv[1:]
     )
-    inv_columns = [
-        "setting",
-        "model trained with",
-        "PSNR dB",
-        "SSIM",
-        "note",
-        "classification auc",
-        "segmentation dice",
-    ]
-    inv_table = [
-        [
-            r.setting,
-            r.trained_with,
-            r.psnr,
-            r.ssim,
-            r.note,
-            metric(r, "classification"),
-            metric(r, "segmentation"),
-        ]
-        for r in inv
-    ]
+    inv_columns, inv_table = INVERSION_COLUMNS, inversion_table(inv, models)
     leak_columns = ["attack", "uses", "result", "chance / baseline"]
     setup = (
         f"Federations: `festa simulate`, tiny preset, 64 px phantoms, {cfg0.clients} clients "

@@ -41,6 +41,24 @@ def simulate(
         float | None,
         typer.Option(help="Gaussian noise on sent tokens, std relative to their RMS (0: off)"),
     ] = None,
+    label_protection: Annotated[
+        str | None,
+        typer.Option(
+            help="off | noise | tail-only: what classification sites do to the gradient they "
+            "return (deployments run tail-only)"
+        ),
+    ] = None,
+    label_noise: Annotated[
+        float | None,
+        typer.Option(help="--label-protection noise: std in units of the label sensitivity"),
+    ] = None,
+    secure_aggregation: Annotated[
+        bool | None,
+        typer.Option(
+            "--secure-aggregation/--no-secure-aggregation",
+            help="the server sees only each task's summed head/tail (needs >= 3 clients per task)",
+        ),
+    ] = None,
     mode: Annotated[str | None, typer.Option(help="sync | async body steps")] = None,
     pipeline_depth: Annotated[
         int | None,
@@ -95,6 +113,9 @@ def simulate(
                 wire=wire,
                 permute=permute,
                 token_noise=token_noise,
+                label_protection=label_protection,
+                label_noise=label_noise,
+                secure_aggregation=secure_aggregation,
                 mode=mode,
                 pipeline_depth=pipeline_depth,
                 degrade=degrade,

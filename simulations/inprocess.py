@@ -19,9 +19,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from festa.client import secure_aggregation as secagg
 from festa.client.local_training import (
     describe_site,
     evaluate_instruction,
+    parse_config,
     simulation_site,
     train_instruction,
 )
@@ -38,6 +40,7 @@ class InProcessClient:
     def __init__(self, node_id: int, site: SiteData):
         self.node_id = node_id
         self.site = site
+        self.secagg_store: dict = {}  # what secure aggregation keeps between a round's messages
 
     def describe(self) -> ClientInfo:
         info = describe_site(self.site)
@@ -54,7 +57,15 @@ class InProcessClient:
         try:
             if kind == "train":
                 state, metrics = train_instruction(self.site, instruction.state, instruction.config)
+                if parse_config(str(instruction.config["festa-config"])).secure_aggregation:
+                    payload = secagg.begin_round(
+                        self.secagg_store, instruction.config, state, metrics
+                    )
+                    return Reply(instruction.client, metrics=metrics, payload=payload)
                 return Reply(instruction.client, metrics=metrics, state=state)
+            if kind in secagg.STAGES:
+                payload = secagg.handle(kind, self.secagg_store, instruction.config)
+                return Reply(instruction.client, payload=payload)
             if kind == "evaluate":
                 metrics = evaluate_instruction(self.site, instruction.state, instruction.config)
                 return Reply(instruction.client, metrics=metrics)

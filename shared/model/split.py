@@ -69,6 +69,10 @@ class SplitStepResult:
 
 
 LossFn = Callable[[Any, dict[str, Any]], torch.Tensor]
+# (grad w.r.t. body output, body output, tail as a function of it, batch) -> gradient to send
+GradTransform = Callable[
+    [torch.Tensor, torch.Tensor, Callable[[torch.Tensor], Any], dict[str, Any]], torch.Tensor
+]
 
 
 def split_train_step(
@@ -79,11 +83,13 @@ def split_train_step(
     link: BodyLink,
     permutation_generator: torch.Generator | None = None,
     permute: bool = False,
+    grad_transform: GradTransform | None = None,
 ) -> SplitStepResult:
     """Forward and backward of one batch through head, remote body and tail.
 
     Leaves gradients in `head` and `tail` (the body's are handled by the link's owner);
-    optimizer steps are the caller's.
+    optimizer steps are the caller's. `grad_transform` rewrites the gradient w.r.t. the body
+    output before it is sent (label protection, `festa.shared.privacy.label_protection`).
     """
     images = batch["image"]
     tokens = head(images)  # [B, N, D], spatial order, position embedding included
@@ -94,7 +100,10 @@ def split_train_step(
     loss = loss_fn(outputs, batch)
     loss.backward()
     assert body_out.grad is not None
-    grad_tokens = link.backward(body_out.grad)
+    grad = body_out.grad
+    if grad_transform is not None:
+        grad = grad_transform(grad, body_out, lambda o: tail(perm.unshuffle(o)), batch)
+    grad_tokens = link.backward(grad)
     sent.backward(grad_tokens)
     return SplitStepResult(float(loss.detach()), outputs, int(images.shape[0]))
 

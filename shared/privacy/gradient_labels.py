@@ -64,3 +64,42 @@ def matched_accuracy(clusters: np.ndarray, labels: np.ndarray, num_classes: int)
         counts[c, y] += 1
     rows, cols = linear_sum_assignment(-counts)
     return float(counts[rows, cols].sum() / max(len(labels), 1))
+
+
+def decode_labels_from_gradients(
+    tail: nn.Module,
+    loss_fn: Callable[[torch.Tensor, dict[str, Any]], torch.Tensor],
+    body_out: torch.Tensor,
+    grad_out: torch.Tensor,
+    noise_std: float = 0.0,
+    prior: np.ndarray | None = None,
+) -> torch.Tensor:
+    """The attacker who knows the label protection: labels `[B]` from `grad_out` `[B,N,D]`.
+
+    It solves for the logit gradient `v_i` behind each returned gradient (least squares on the
+    rows of the tail's Jacobian at `body_out`, which it computed), then picks the label whose
+    logit gradient is nearest; with `noise_std` (the defence's setting, in sensitivity units) and
+    a class `prior` it picks the maximum a-posteriori label instead.
+    """
+    from festa.shared.privacy.label_protection import candidate_logit_gradients
+
+    out = body_out.detach().clone().requires_grad_(True)
+    logits = tail(out)
+    num_classes = logits.shape[1]
+    rows = []
+    for c in range(num_classes):
+        (jc,) = torch.autograd.grad(logits[:, c].sum(), out, retain_graph=c < num_classes - 1)
+        rows.append(jc.flatten(1))
+    jac = torch.stack(rows, dim=1).double()  # [B, C, N*D]: row c = J_i^T e_c
+    gram = jac @ jac.transpose(1, 2)
+    rhs = jac @ grad_out.flatten(1).double()[..., None]
+    v = (torch.linalg.pinv(gram) @ rhs).squeeze(-1)  # [B, C]
+    cands = candidate_logit_gradients(loss_fn, logits.detach(), {}).double()  # [C, B, C]
+    dist2 = (v[None] - cands).pow(2).sum(-1).T  # [B, C]
+    if noise_std > 0 and prior is not None:
+        sens = (cands[:, None] - cands[None, :]).norm(dim=-1).amax(dim=(0, 1))  # [B]
+        scores = -dist2 / (2 * (noise_std * sens[:, None]) ** 2) + torch.as_tensor(
+            np.log(np.clip(prior, 1e-12, None))
+        )
+        return scores.argmax(dim=1)
+    return dist2.argmin(dim=1)

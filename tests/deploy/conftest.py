@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,9 @@ TINY_RUN = {
     "model.num-heads": 2,
     "optim.batch-size": 8,
     "round-timeout-s": 150.0,
+    # groups of 2 and 1 are below secure aggregation's minimum of 3, which deployments turn on
+    # by default (test_secure_deployment.py runs the defaults on three sites of one task)
+    "secure-aggregation": False,
 }
 
 
@@ -93,6 +97,11 @@ class Deployment:
             timeout=timeout,
         )
 
+    def flwr_run(self, timeout: float = 360) -> subprocess.CompletedProcess:
+        """`flwr run` of this checkout with the run config `festa server start` wrote."""
+        argv = ["run", str(REPO), "festa", "--run-config", str(self.state / "run-config.toml")]
+        return self.flwr(*argv, "--stream", timeout=timeout)
+
     def log(self, name: str) -> str:
         path = self.root / f"{name}.out"
         return path.read_text(errors="replace") if path.exists() else ""
@@ -147,21 +156,23 @@ def online_nodes(dep: Deployment) -> int:
     return sum(1 for n in nodes if n.get("status") == "online")
 
 
-def make_certs(d: Path) -> Path:
+def make_certs(d: Path, sites: dict[str, str] = SITES) -> Path:
     certs.init_ca(d)
     certs.issue_server_cert(d, "superlink")
     certs.issue_server_cert(d, "body")
-    for site in [*SITES, "rogue"]:
+    for site in [*sites, "rogue"]:
         certs.node_key(d, site)
         certs.issue_client_cert(d, site)  # the body port is mutual TLS
     return d
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """CA, SuperLink + console (`festa server start`), three registered sites (`festa client start`)."""
-    root = tmp_path_factory.mktemp("deploy")
-    cdir = make_certs(root / "certs")
+@contextmanager
+def running_deployment(
+    root: Path, sites: dict[str, str], run_config: dict[str, object]
+) -> Iterator[Deployment]:
+    """CA, SuperLink + console (`festa server start`), one registered `festa client start` per
+    site of `sites` (id -> task), torn down on exit."""
+    cdir = make_certs(root / "certs", sites)
     state = root / "server"
     sl_port, console_port, body_port = free_port(), free_port(), free_port()
     server_toml = write_toml(
@@ -171,7 +182,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             "body": {"host": "127.0.0.1", "port": body_port},
             "console": {"host": "127.0.0.1", "port": console_port},
             "run": {"app": REPO},
-            "run.config": TINY_RUN,
+            "run.config": run_config,
         },
     )
     site_tomls = {
@@ -184,7 +195,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
                 "supernode": {"port": free_port()},
             },
         )
-        for site, task in SITES.items()
+        for site, task in sites.items()
     }
     dep = Deployment(root, cdir, server_toml, state, sl_port, console_port, site_tomls)
     try:
@@ -192,7 +203,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         wait_until(
             lambda: listening(sl_port) and listening(console_port), 60, "SuperLink and console"
         )
-        for site in SITES:
+        for site in sites:
             reg = subprocess.run(
                 festa(
                     "server",
@@ -204,14 +215,24 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
                 cwd=REPO,
                 capture_output=True,
                 text=True,
-                timeout=60,
+                timeout=180,  # the flwr CLI alone takes over a minute on a loaded 2-core machine
             )
             assert reg.returncode == 0, reg.stdout + reg.stderr
         for site, path in site_tomls.items():
             dep.start(site, festa("client", "start", "--site", str(path)))
         wait_until(
-            lambda: online_nodes(dep) == len(SITES), 120, "three SuperNodes online", poll=1.0
+            lambda: online_nodes(dep) == len(sites),
+            120,
+            f"{len(sites)} SuperNodes online",
+            poll=1.0,
         )
         yield dep
     finally:
         dep.stop()
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """Three sites of two tasks (groups of 2 and 1: secure aggregation off, see TINY_RUN)."""
+    with running_deployment(tmp_path_factory.mktemp("deploy"), SITES, TINY_RUN) as dep:
+        yield dep

@@ -45,22 +45,7 @@ def test_two_rounds_with_tls_and_node_auth(deployment: Deployment) -> None:
     )
     rogue_proc = dep.start("rogue", supernode_argv(rogue))
 
-    run = subprocess.run(
-        [
-            "flwr",
-            "run",
-            str(REPO),
-            "festa",
-            "--run-config",
-            str(dep.state / "run-config.toml"),
-            "--stream",
-        ],
-        cwd=REPO,
-        env=dep.flwr_env,
-        capture_output=True,
-        text=True,
-        timeout=360,
-    )
+    run = dep.flwr_run(timeout=360)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
     # Flower's view: the run finished.
