@@ -1,7 +1,8 @@
 """A diffusion prior trained across sites with Flower vs on one site alone vs on pooled data.
 
     nice -n 19 python -m festa.simulations.bench_federated_prior \\
-        --federation simulations/federations/cxr-open.toml --rounds 6 --local-steps 12
+        --federation simulations/federations/cxr-open.toml --data ../shared/data/cxr-open \\
+        --rounds 6 --local-steps 12
 
 All three priors start from the same UNet (seed) and run the same loop
 (``festa.client.restoration.federated_prior.local_train``: AdamW, no EMA) with the same batch and
@@ -29,8 +30,8 @@ from festa.client.restoration.federated_prior import (
     FederatedPriorConfig,
     local_train,
     site_images,
-    train_federated_prior,
 )
+from festa.client.restoration.federated_prior_flower import train_federated_prior
 from festa.client.restoration.training import build_unet, ddpm_scheduler, save_pipeline
 from festa.simulations.benchmark_table import publish
 
@@ -73,13 +74,16 @@ def main(
     single: str = typer.Option("hannover", "--single", help="Site id of the single-site prior."),
     sigmas: str = typer.Option("0.05,0.1,0.2", "--sigmas"),
     seed: int = typer.Option(0, "--seed"),
+    data: str = typer.Option(
+        "", "--data", help="cxr-open folder replacing every site's (default: the file's paths)."
+    ),
     out: Annotated[Path, typer.Option("--out")] = REPO / "runs" / "bench_federated_prior",
     write: bool = typer.Option(True, "--write/--no-write"),
 ) -> None:
     torch.set_num_threads(1)
     started = time.perf_counter()
-    train = site_images(str(federation), size, "train")
-    val = site_images(str(federation), size, "val", skip_empty=True)
+    train = site_images(str(federation), size, "train", data=data)
+    val = site_images(str(federation), size, "val", skip_empty=True, data=data)
     total = rounds * len(train) * local_steps
     ids = [sid for sid, _ in train]
     if single not in ids:
@@ -88,7 +92,9 @@ def main(
     seconds: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    cfg = FederatedPriorConfig(str(federation), rounds, local_steps, batch, lr, seed, size, preset)
+    cfg = FederatedPriorConfig(
+        str(federation), rounds, local_steps, batch, lr, seed, size, preset, data=data
+    )
     priors["federated (Flower FedAvg)"] = train_federated_prior(cfg, out / "federated").unet
     seconds["federated (Flower FedAvg)"] = time.perf_counter() - t0
     for name, images in (

@@ -69,7 +69,8 @@ def train_prior_cmd(
         typer.Option(
             "--federation",
             help="Federation file: train ONE prior across its sites with Flower (FedAvg of the "
-            "UNet each round; images stay at their site). Replaces --data and --steps.",
+            "UNet each round; images stay at their site). Replaces --steps; --data PATH then "
+            "replaces every site's data folder.",
         ),
     ] = None,
     rounds: int = typer.Option(6, "--rounds", min=1, help="Flower rounds (with --federation)."),
@@ -107,17 +108,22 @@ def _train_federated_prior(
     threads: int,
     data: str,
 ) -> None:
-    from festa.client.restoration.federated_prior import (
-        FederatedPriorConfig,
-        train_federated_prior,
-    )
+    from festa.client.restoration.federated_prior import FederatedPriorConfig
+    from festa.client.restoration.federated_prior_flower import train_federated_prior
     from festa.shared.federation_file import FederationFileError
 
-    if data != "phantoms":
-        console.print("[red]use --federation or --data, not both[/red] (sites name their data)")
-        raise typer.Exit(2)
     configure_process(threads=threads)
-    cfg = FederatedPriorConfig(str(federation), rounds, local_steps, batch, lr, seed, size, preset)
+    cfg = FederatedPriorConfig(
+        str(federation),
+        rounds,
+        local_steps,
+        batch,
+        lr,
+        seed,
+        size,
+        preset,
+        data="" if data == "phantoms" else data,
+    )
     try:
         result = train_federated_prior(cfg, out)
     except (FederationFileError, ValueError) as e:

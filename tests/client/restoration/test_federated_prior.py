@@ -9,12 +9,12 @@ import torch
 
 from festa.client.restoration.federated_prior import (
     FederatedPriorConfig,
-    _own_site_images,
     fedavg,
     local_train,
+    own_site_images,
     round_seed,
-    train_federated_prior,
 )
+from festa.client.restoration.federated_prior_flower import train_federated_prior
 from festa.client.restoration.models import load_prior
 from festa.client.restoration.training import build_unet
 
@@ -56,7 +56,7 @@ def test_two_federated_rounds_average_the_sites_unets(tmp_path: Path) -> None:
     start.load_state_dict(fedavg([result.rounds[0]["sites"][i]["arrays"] for i in (0, 1)], [6, 12]))
     local_train(
         start,
-        _own_site_images(str(fed.resolve()), 1, 32, "train"),
+        own_site_images(str(fed.resolve()), 1, 32, "train"),
         2,
         2,
         cfg.lr,
