@@ -121,6 +121,8 @@ class Bridge(SavedUNet):
 def load_bridge(folder: Path, device: str = "cpu") -> Bridge:
     """Load a CDDB bridge saved by ``train-bridge``."""
     folder = Path(folder)
+    if not (folder / "bridge.json").is_file():
+        raise ModelDirError(f"{folder} has no bridge.json (expected a festa CDDB bridge folder)")
     meta = json.loads((folder / "bridge.json").read_text())
     schedule = BridgeSchedule(meta["n"], meta["beta_min"], meta["beta_max"])
     return Bridge(**saved_unet_fields(folder, device), schedule=schedule, spec=meta["degradation"])

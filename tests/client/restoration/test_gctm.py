@@ -74,3 +74,40 @@ def test_committed_low_dose_gctm_beats_the_degraded_input() -> None:
     ]
     assert np.mean(after) > np.mean(before) + 3.0, (before, after)
     assert results[0].provenance["model_id"] == "phantom64/gctm/lowdose"
+
+
+def test_cli_trains_gctm_and_restores_with_it(tiny_models: Path, tmp_path: Path) -> None:
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from festa.client.restoration.cli import app
+
+    model = tmp_path / "model"
+    trained = CliRunner().invoke(
+        app,
+        [
+            "train-gctm",
+            "--bridge",
+            str(tiny_models / "bridges" / "blur1"),
+            "--out",
+            str(model / "gctm" / "blur1"),
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+        ],
+    )
+    assert trained.exit_code == 0, trained.output
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    image = phantom_images(1, size=32, seed=3)[0]
+    Image.fromarray((image * 255).astype(np.uint8)).save(inbox / "a.png")
+    args = ["run", "--method", "gctm", "--degradation", TINY_BRIDGE_SPEC, "--model", str(model)]
+    ran = CliRunner().invoke(app, [*args, "--input", str(inbox), "--out", str(out)])
+    assert ran.exit_code == 0, ran.output
+    assert (out / "a.gctm.png").is_file()
+    assert '"method": "gctm"' in (out / "a.gctm.json").read_text()
+    missing = CliRunner().invoke(
+        app, ["train-gctm", "--bridge", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]
+    )
+    assert missing.exit_code == 2 and "has no bridge.json" in missing.output
