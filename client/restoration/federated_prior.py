@@ -49,6 +49,7 @@ class FederatedPriorConfig:
     preset: str = "small"
     split: str = "train"  # the sites' split the prior trains on (never val)
     data: str = ""  # replaces every site's data folder (as `festa simulate --data`); "": the file's
+    actors: int = 1  # ClientApp actors running at once (~0.9 GB each); sites take turns
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(

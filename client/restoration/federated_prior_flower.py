@@ -103,9 +103,15 @@ def train_federated_prior(
     unet = build_unet(cfg.size, cfg.preset)
     result = FederatedPriorResult(unet)
     server_app = _server_app(cfg, unet, n_sites, result)
-    _run_flower(server_app, make_client_app(), n_sites)
+    _run_flower(server_app, make_client_app(), n_sites, cfg.actors)
     if len(result.rounds) != cfg.rounds:
         raise RuntimeError(f"federated prior: {len(result.rounds)} of {cfg.rounds} rounds ran")
+    short = [r["round"] for r in result.rounds if len(r["sites"]) < n_sites]
+    if short:
+        raise RuntimeError(
+            f"federated prior: rounds {short} lost sites (a ClientApp failed, e.g. killed for "
+            "memory); the average is not over every site"
+        )
     if out is not None:
         save_pipeline(result.unet, out)
         losses = [s["train-loss"] for r in result.rounds for s in r["sites"].values()]
@@ -158,8 +164,10 @@ def _server_app(cfg: FederatedPriorConfig, unet: UNet2DModel, n_sites: int, resu
     return app
 
 
-def _run_flower(server_app, client_app, n_sites: int) -> None:
-    """Flower's simulation engine with one virtual SuperNode per site, at most one per core."""
+def _run_flower(server_app, client_app, n_sites: int, actors: int) -> None:
+    """Flower's simulation engine with one virtual SuperNode per site and at most ``actors``
+    ClientApp actors at once (each holds torch + diffusers, ~0.9 GB; the sites take turns,
+    which FedAvg does not mind)."""
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     import ray
@@ -167,6 +175,7 @@ def _run_flower(server_app, client_app, n_sites: int) -> None:
     from flwr.supercore.telemetry import EventType
 
     cpus = os.cpu_count() or 1
+    actors = max(1, min(cpus, actors))
     own_ray = not ray.is_initialized()
     if own_ray:
         ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
@@ -176,7 +185,7 @@ def _run_flower(server_app, client_app, n_sites: int) -> None:
             exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
             server_app=server_app,
             client_app=client_app,
-            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+            backend_config={"client_resources": {"num_cpus": cpus / actors, "num_gpus": 0.0}},
         )
     finally:
         if own_ray:

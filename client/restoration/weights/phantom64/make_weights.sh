@@ -12,3 +12,7 @@ python -m festa.client.restoration.cli train-bridge --degradation "noise:poisson
 python -m festa.client.restoration.cli train-bridge --degradation "blur:gauss:sigma=2+noise:gauss:sigma=0.01" \
   --data phantoms --size 64 --out $W/bridges/gaussblur2 --init-from $W/prior \
   --steps 250 --batch 16 --lr 5e-4 --seed 0 --preset small --threads 1
+# One-step GCTM models distilled from the bridges above (client/restoration/gctm.py); train each
+# in one go (the EMA target network is not checkpointed, so a resumed run differs slightly).
+python -m festa.client.restoration.cli train-gctm --bridge $W/bridges/lowdose \
+  --out $W/gctm/lowdose --data phantoms --steps 200 --batch 8 --lr 2e-4 --seed 0 --threads 1
