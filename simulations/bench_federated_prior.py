@@ -28,6 +28,7 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from festa.client.restoration.federated_prior import (
     FederatedPriorConfig,
+    fedavg_in_process,
     local_train,
     site_images,
 )
@@ -74,6 +75,11 @@ def main(
     single: str = typer.Option("hannover", "--single", help="Site id of the single-site prior."),
     sigmas: str = typer.Option("0.05,0.1,0.2", "--sigmas"),
     seed: int = typer.Option(0, "--seed"),
+    engine: str = typer.Option(
+        "flower",
+        "--engine",
+        help="flower: Flower's simulation engine; inprocess: the same FedAvg rounds without Ray",
+    ),
     data: str = typer.Option(
         "", "--data", help="cxr-open folder replacing every site's (default: the file's paths)."
     ),
@@ -95,8 +101,15 @@ def main(
     cfg = FederatedPriorConfig(
         str(federation), rounds, local_steps, batch, lr, seed, size, preset, data=data
     )
-    priors["federated (Flower FedAvg)"] = train_federated_prior(cfg, out / "federated").unet
-    seconds["federated (Flower FedAvg)"] = time.perf_counter() - t0
+    fed_name = (
+        "federated (Flower FedAvg)" if engine == "flower" else "federated (FedAvg in-process)"
+    )
+    if engine == "flower":
+        priors[fed_name] = train_federated_prior(cfg, out / "federated").unet
+    else:
+        priors[fed_name] = fedavg_in_process(cfg, [imgs for _, imgs in train]).unet
+        save_pipeline(priors[fed_name], out / "federated")
+    seconds[fed_name] = time.perf_counter() - t0
     for name, images in (
         (f"single site ({single})", dict(train)[single]),
         ("pooled", np.concatenate([imgs for _, imgs in train])),

@@ -135,3 +135,36 @@ def fedavg(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[
         k: sum(w / total * s[k].double() for s, w in zip(states, weights, strict=True)).float()
         for k in states[0]
     }
+
+
+def fedavg_in_process(cfg: FederatedPriorConfig, sites: list[np.ndarray]) -> FederatedPriorResult:
+    """The same rounds as the Flower run (same :func:`local_train`, seeds and FedAvg weights),
+    computed in this process without Flower or Ray: for machines where Ray cannot start its
+    actors (the test checks that the Flower run equals this arithmetic round by round)."""
+    from festa.client.restoration.training import build_unet
+
+    torch.manual_seed(cfg.seed)
+    unet = build_unet(cfg.size, cfg.preset)
+    result = FederatedPriorResult(unet)
+    for server_round in range(1, cfg.rounds + 1):
+        start = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+        states, counts, losses = [], [], {}
+        for index, images in enumerate(sites):
+            unet.load_state_dict(start)
+            seed = round_seed(cfg.seed, server_round, index)
+            losses[index] = float(
+                np.mean(local_train(unet, images, cfg.local_steps, cfg.batch, cfg.lr, seed))
+            )
+            states.append({k: v.detach().clone() for k, v in unet.state_dict().items()})
+            counts.append(len(images))
+        unet.load_state_dict(fedavg(states, counts))
+        result.rounds.append(
+            {
+                "round": server_round,
+                "sites": {
+                    i: {"arrays": st, "num-examples": c, "train-loss": losses[i]}
+                    for i, (st, c) in enumerate(zip(states, counts, strict=True))
+                },
+            }
+        )
+    return result

@@ -159,7 +159,9 @@ def _server_app(cfg: FederatedPriorConfig, unet: UNet2DModel, n_sites: int, resu
         res = _recording_fedavg(n_sites, result).start(
             grid, ArrayRecord(_state(unet)), num_rounds=cfg.rounds, train_config=config
         )
-        unet.load_state_dict(res.arrays.to_torch_state_dict())
+        arrays = res.arrays.to_torch_state_dict() if res.arrays is not None else {}
+        if arrays:  # else every site failed; train_federated_prior reports the lost rounds
+            unet.load_state_dict(arrays)
 
     return app
 

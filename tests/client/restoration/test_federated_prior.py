@@ -10,6 +10,7 @@ import torch
 from festa.client.restoration.federated_prior import (
     FederatedPriorConfig,
     fedavg,
+    fedavg_in_process,
     local_train,
     own_site_images,
     round_seed,
@@ -65,6 +66,13 @@ def test_two_federated_rounds_average_the_sites_unets(tmp_path: Path) -> None:
     # (Flower averages in float32, fedavg in float64; Adam's first steps move weights by ~lr)
     for k, v in start.state_dict().items():
         torch.testing.assert_close(v, last[1]["arrays"][k], rtol=0, atol=cfg.lr / 20)
+
+    # The in-process engine runs the same arithmetic (used where Ray cannot start actors).
+    plain = fedavg_in_process(
+        cfg, [own_site_images(str(fed.resolve()), i, 32, "train") for i in (0, 1)]
+    )
+    for k, v in plain.unet.state_dict().items():
+        torch.testing.assert_close(v, result.unet.state_dict()[k], rtol=0, atol=cfg.lr / 20)
 
     prior = load_prior(tmp_path / "prior")  # saved as a DDPMPipeline folder every solver loads
     assert prior.size == 32

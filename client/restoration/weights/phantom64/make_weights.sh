@@ -15,4 +15,4 @@ python -m festa.client.restoration.cli train-bridge --degradation "blur:gauss:si
 # One-step GCTM models distilled from the bridges above (client/restoration/gctm.py); train each
 # in one go (the EMA target network is not checkpointed, so a resumed run differs slightly).
 python -m festa.client.restoration.cli train-gctm --bridge $W/bridges/lowdose \
-  --out $W/gctm/lowdose --data phantoms --steps 200 --batch 8 --lr 2e-4 --seed 0 --threads 1
+  --out $W/gctm/lowdose --data phantoms --steps 80 --batch 8 --lr 2e-4 --seed 0 --threads 1
