@@ -62,7 +62,8 @@ class FederatedPriorResult:
     """The averaged UNet and what each round exchanged (kept for tests and the record)."""
 
     unet: UNet2DModel
-    rounds: list[dict[str, Any]] = field(default_factory=list)  # per round: sites' arrays, counts
+    # per round: "round", "sites" (index -> arrays, num-examples, train-loss), "average"
+    rounds: list[dict[str, Any]] = field(default_factory=list)
 
 
 def site_images(
@@ -157,10 +158,12 @@ def fedavg_in_process(cfg: FederatedPriorConfig, sites: list[np.ndarray]) -> Fed
             )
             states.append({k: v.detach().clone() for k, v in unet.state_dict().items()})
             counts.append(len(images))
-        unet.load_state_dict(fedavg(states, counts))
+        average = fedavg(states, counts)
+        unet.load_state_dict(average)
         result.rounds.append(
             {
                 "round": server_round,
+                "average": average,
                 "sites": {
                     i: {"arrays": st, "num-examples": c, "train-loss": losses[i]}
                     for i, (st, c) in enumerate(zip(states, counts, strict=True))

@@ -79,7 +79,8 @@ def _recording_fedavg(n_sites: int, result: FederatedPriorResult):
                         "train-loss": float(m["train-loss"]),
                     }
             arrays, metrics = super().aggregate_train(server_round, replies)
-            result.rounds.append({"round": server_round, "sites": sites})
+            average = arrays.to_torch_state_dict() if arrays is not None else {}
+            result.rounds.append({"round": server_round, "sites": sites, "average": average})
             return arrays, metrics
 
     return RecordingFedAvg(

@@ -54,7 +54,7 @@ def test_two_federated_rounds_average_the_sites_unets(tmp_path: Path) -> None:
 
     # Site b's round-2 update is local training from the round-1 average on b's own images.
     start = build_unet(32, "tiny")
-    start.load_state_dict(fedavg([result.rounds[0]["sites"][i]["arrays"] for i in (0, 1)], [6, 12]))
+    start.load_state_dict(result.rounds[0]["average"])  # what the server sent in round 2
     local_train(
         start,
         own_site_images(str(fed.resolve()), 1, 32, "train"),
@@ -63,16 +63,23 @@ def test_two_federated_rounds_average_the_sites_unets(tmp_path: Path) -> None:
         cfg.lr,
         round_seed(cfg.seed, 2, 1),
     )
-    # (Flower averages in float32, fedavg in float64; Adam's first steps move weights by ~lr)
     for k, v in start.state_dict().items():
-        torch.testing.assert_close(v, last[1]["arrays"][k], rtol=0, atol=cfg.lr / 20)
+        torch.testing.assert_close(v, last[1]["arrays"][k], rtol=1e-5, atol=1e-6)
 
     # The in-process engine runs the same arithmetic (used where Ray cannot start actors).
     plain = fedavg_in_process(
         cfg, [own_site_images(str(fed.resolve()), i, 32, "train") for i in (0, 1)]
     )
-    for k, v in plain.unet.state_dict().items():
-        torch.testing.assert_close(v, result.unet.state_dict()[k], rtol=0, atol=cfg.lr / 20)
+    # Flower averages in float32, fedavg in float64; through Adam a rare weight with a ~0
+    # gradient can then differ by up to 2 lr, while a wrong site, seed or weighting moves most
+    # weights by ~lr: compare the share of weights that agree.
+    diffs = torch.cat(
+        [
+            (v - result.unet.state_dict()[k]).abs().flatten()
+            for k, v in plain.unet.state_dict().items()
+        ]
+    )
+    assert (diffs > 1e-5).float().mean() < 1e-3, (diffs > 1e-5).float().mean()
 
     prior = load_prior(tmp_path / "prior")  # saved as a DDPMPipeline folder every solver loads
     assert prior.size == 32
