@@ -47,7 +47,7 @@ def check_wire_dtype(name: str) -> str:
 
 
 # The site restoration methods (`festa.client.restoration` implements them).
-RestorationMethod = Literal["dps", "cddb", "cddb-deep", "blinddps"]
+RestorationMethod = Literal["dps", "cddb", "cddb-deep", "blinddps", "gctm"]
 
 # Checked against the task registry and the wire's dtype table, which import torch: lazily, so
 # that loading a config stays light until a value is validated.

@@ -69,7 +69,9 @@ def simulate(
     ] = None,
     restore: Annotated[
         str | None,
-        typer.Option(help="none | dps | cddb | cddb-deep | blinddps: restore degraded sites"),
+        typer.Option(
+            help="none | dps | cddb | cddb-deep | blinddps | gctm: restore degraded sites"
+        ),
     ] = None,
     restore_nfe: Annotated[
         int | None, typer.Option(help="restoration network evaluations per image")

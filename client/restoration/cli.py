@@ -64,8 +64,27 @@ def train_prior_cmd(
     preset: str = typer.Option("small", "--preset", help="UNet size: tiny | small | base."),
     threads: int = typer.Option(1, "--threads", help="torch CPU threads."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from checkpoint.pt."),
+    federation: Annotated[
+        Path | None,
+        typer.Option(
+            "--federation",
+            help="Federation file: train ONE prior across its sites with Flower (FedAvg of the "
+            "UNet each round; images stay at their site). Replaces --steps; --data PATH then "
+            "replaces every site's data folder.",
+        ),
+    ] = None,
+    rounds: int = typer.Option(6, "--rounds", min=1, help="Flower rounds (with --federation)."),
+    local_steps: int = typer.Option(
+        12, "--local-steps", min=1, help="Steps per site per round (with --federation)."
+    ),
 ) -> None:
-    """Train a 1-channel DDPM image prior (UNet2DModel, EMA weights, resumable)."""
+    """Train a 1-channel DDPM image prior (UNet2DModel, EMA weights, resumable), or with
+    --federation one prior across hospitals with Flower."""
+    if federation is not None:
+        _train_federated_prior(
+            federation, out, size, rounds, local_steps, batch, lr, seed, preset, threads, data
+        )
+        return
     from festa.client.restoration.training import train_prior
 
     losses = train_prior(
@@ -73,6 +92,46 @@ def train_prior_cmd(
     )
     console.print(
         f"saved image prior to {out} (final loss {np.mean(losses[-50:] or [np.nan]):.4f})"
+    )
+
+
+def _train_federated_prior(
+    federation: Path,
+    out: Path,
+    size: int,
+    rounds: int,
+    local_steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    preset: str,
+    threads: int,
+    data: str,
+) -> None:
+    from festa.client.restoration.federated_prior import FederatedPriorConfig
+    from festa.client.restoration.federated_prior_flower import train_federated_prior
+    from festa.shared.federation_file import FederationFileError
+
+    configure_process(threads=threads)
+    cfg = FederatedPriorConfig(
+        str(federation),
+        rounds,
+        local_steps,
+        batch,
+        lr,
+        seed,
+        size,
+        preset,
+        data="" if data == "phantoms" else data,
+    )
+    try:
+        result = train_federated_prior(cfg, out)
+    except (FederationFileError, ValueError) as e:
+        console.print(f"[red]cannot train a federated prior:[/red] {e}")
+        raise typer.Exit(2) from None
+    console.print(
+        f"saved federated image prior ({len(result.rounds)} rounds, "
+        f"{len(result.rounds[-1]['sites'])} sites) to {out}"
     )
 
 
@@ -132,6 +191,41 @@ def train_bridge_cmd(
     )
 
 
+@app.command("train-gctm")
+def train_gctm_cmd(
+    bridge: Annotated[
+        Path, typer.Option("--bridge", help="CDDB bridge folder to distil (its SPEC is used).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Output folder, e.g. MODEL/gctm/<name>.")],
+    data: str = typer.Option("phantoms", "--data", help="'phantoms' or a folder of images."),
+    steps: int = typer.Option(1000, "--steps"),
+    batch: int = typer.Option(8, "--batch"),
+    lr: float = typer.Option(2e-4, "--lr"),
+    seed: int = typer.Option(0, "--seed"),
+    teacher_nfe: int = typer.Option(
+        20, "--teacher-nfe", help="Teacher steps span at most n / this many bridge steps."
+    ),
+    threads: int = typer.Option(1, "--threads"),
+    resume: bool = typer.Option(True, "--resume/--no-resume"),
+) -> None:
+    """Distil a CDDB bridge into a one-step GCTM model (method gctm of `restore run`)."""
+    from festa.client.restoration.gctm import GCTMLoss, train_gctm
+
+    try:
+        losses = train_gctm(
+            bridge,
+            data,
+            out,
+            _train_config(steps, batch, lr, seed, threads),
+            GCTMLoss(teacher_nfe=teacher_nfe),
+            resume,
+        )
+    except RestorationError as e:
+        console.print(f"[red]cannot train:[/red] {e}")
+        raise typer.Exit(2) from None
+    console.print(f"saved GCTM model to {out} (final loss {np.mean(losses[-50:] or [np.nan]):.4f})")
+
+
 def _image_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
@@ -149,10 +243,13 @@ def _write_png16(path: Path, image: np.ndarray) -> None:
 
 @app.command("run", epilog=SPEC_GRAMMAR)
 def run_cmd(
-    method: Annotated[str, typer.Option("--method", help="dps | cddb | cddb-deep | blinddps")],
+    method: Annotated[
+        str, typer.Option("--method", help="dps | cddb | cddb-deep | blinddps | gctm")
+    ],
     degradation: Annotated[str, typer.Option("--degradation", help=SPEC_HELP)],
     model: Annotated[
-        Path, typer.Option("--model", help="Model folder: prior/, kernel_prior/, bridges/*/.")
+        Path,
+        typer.Option("--model", help="Model folder: prior/, kernel_prior/, bridges/*/, gctm/*/."),
     ],
     input: Annotated[
         Path, typer.Option("--input", help="An image (PNG/JPEG/DICOM) or a folder of them.")
@@ -161,7 +258,7 @@ def run_cmd(
         Path, typer.Option("--out", help="Output folder: <stem>.<method>.png (16-bit) + .json.")
     ],
     nfe: int | None = typer.Option(
-        None, "--nfe", help="Steps (default: dps/blinddps 1000, cddb 20)."
+        None, "--nfe", help="Steps (default: dps/blinddps 1000, cddb 20, gctm 1)."
     ),
     batch: int = typer.Option(4, "--batch", min=1),
     seed: int = typer.Option(0, "--seed"),

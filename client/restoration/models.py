@@ -6,6 +6,8 @@ A restoration model folder (``--model DIR``) holds::
     DIR/kernel_prior/            kernel prior (DDPMPipeline folder)         blinddps
     DIR/bridges/<name>/          one CDDB bridge per degradation            cddb, cddb-deep
                                  (bridge.json names its SPEC; <name> is free)
+    DIR/gctm/<name>/             one-step GCTM model per degradation        gctm
+                                 (gctm.json names its SPEC; see gctm.py)
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def sha256_of(folder: Path) -> str:
     return h.hexdigest()
 
 
-def _saved_unet(folder: Path, device: str) -> dict[str, Any]:
+def saved_unet_fields(folder: Path, device: str) -> dict[str, Any]:
     """The :class:`SavedUNet` fields of a model folder: its ``unet/`` in eval mode, path, hash."""
     if not (folder / "unet" / "config.json").is_file():
         raise ModelDirError(f"{folder} has no unet/ (expected a festa prior or bridge folder)")
@@ -52,9 +54,13 @@ def _saved_unet(folder: Path, device: str) -> dict[str, Any]:
     return {"unet": unet, "path": folder, "sha256": sha256_of(folder)}
 
 
-def run_unet(unet: UNet2DModel, x: torch.Tensor, t: int) -> torch.Tensor:
+def run_unet(
+    unet: UNet2DModel, x: torch.Tensor, t: int | torch.Tensor, s: torch.Tensor | None = None
+) -> torch.Tensor:
     """``unet(x, t)`` for any ``[B, 1, H, W]``: reflect-pads H and W up to the UNet's multiple
-    (2 ** (levels - 1)) and crops the output back, so images need not be multiples of it."""
+    (2 ** (levels - 1)) and crops the output back, so images need not be multiples of it.
+    ``t``: one time or one per sample ``[B]``; ``s`` ``[B]``: the target time of a GCTM UNet
+    (its ``class_labels``)."""
     m = 2 ** (len(unet.config.block_out_channels) - 1)
     H, W = x.shape[-2:]
     ph, pw = -H % m, -W % m
@@ -62,7 +68,8 @@ def run_unet(unet: UNet2DModel, x: torch.Tensor, t: int) -> torch.Tensor:
         x = torch.nn.functional.pad(
             x, (0, pw, 0, ph), mode="reflect" if min(H, W) > m else "replicate"
         )
-    out = unet(x, torch.full((x.shape[0],), t, device=x.device)).sample
+    t = torch.as_tensor(t, device=x.device).expand(x.shape[0])
+    out = unet(x, t, class_labels=s).sample
     return out[..., :H, :W]
 
 
@@ -95,7 +102,7 @@ class DiffusionPrior(SavedUNet):
 def load_prior(folder: Path, device: str = "cpu") -> DiffusionPrior:
     """Load an image or kernel prior saved by ``train-prior`` / ``train-kernel-prior``."""
     folder = Path(folder)
-    saved = _saved_unet(folder, device)
+    saved = saved_unet_fields(folder, device)
     sched = DDPMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
     return DiffusionPrior(**saved, alphas_cumprod=sched.alphas_cumprod.double())
 
@@ -114,14 +121,17 @@ class Bridge(SavedUNet):
 def load_bridge(folder: Path, device: str = "cpu") -> Bridge:
     """Load a CDDB bridge saved by ``train-bridge``."""
     folder = Path(folder)
+    if not (folder / "bridge.json").is_file():
+        raise ModelDirError(f"{folder} has no bridge.json (expected a festa CDDB bridge folder)")
     meta = json.loads((folder / "bridge.json").read_text())
     schedule = BridgeSchedule(meta["n"], meta["beta_min"], meta["beta_max"])
-    return Bridge(**_saved_unet(folder, device), schedule=schedule, spec=meta["degradation"])
+    return Bridge(**saved_unet_fields(folder, device), schedule=schedule, spec=meta["degradation"])
 
 
-def bridge_specs(model_dir: Path) -> dict[str, Path]:
-    """Canonical SPEC -> bridge folder for every bridge under ``model_dir/bridges``."""
+def bridge_specs(model_dir: Path, pattern: str = "bridges/*/bridge.json") -> dict[str, Path]:
+    """Canonical SPEC -> model folder for every ``pattern`` match under ``model_dir`` (by default
+    the CDDB bridges; the JSON names the folder's ``degradation``)."""
     out = {}
-    for meta in sorted(Path(model_dir).glob("bridges/*/bridge.json")):
+    for meta in sorted(Path(model_dir).glob(pattern)):
         out[parse_spec(json.loads(meta.read_text())["degradation"]).spec] = meta.parent
     return out

@@ -6,6 +6,7 @@ build a :class:`Restorer` once, call ``restore`` often.
     model_dir/prior/          image prior            dps, blinddps
     model_dir/kernel_prior/   kernel prior           blinddps
     model_dir/bridges/*/      one bridge per SPEC    cddb, cddb-deep
+    model_dir/gctm/*/         one GCTM per SPEC      gctm (one network evaluation)
 
 Output size equals the input size, except for ``sr:F`` where it is F times the input (the
 restoration lives on the high-resolution grid). Image sides on that grid must be at least the
@@ -30,13 +31,20 @@ from festa.client.restoration.errors import (
     RestorationInputError,
     UnsupportedMethodError,
 )
+from festa.client.restoration.gctm import TrajectoryModel, load_gctm
 from festa.client.restoration.models import Bridge, bridge_specs, load_bridge, load_prior
 from festa.client.restoration.operators import Degradation, parse_spec
 from festa.shared.config import RestorationMethod
 
 METHODS: tuple[str, ...] = get_args(RestorationMethod)
 MAX_SIDE_FACTOR = 4  # largest restorable side, in multiples of the model's training size
-DEFAULT_NFE = {"dps": 1000, "cddb": 20, "cddb-deep": 20, "blinddps": 1000}
+DEFAULT_NFE = {"dps": 1000, "cddb": 20, "cddb-deep": 20, "blinddps": 1000, "gctm": 1}
+# Folder of the per-SPEC models of a method, and the JSON naming each one's SPEC.
+PER_SPEC_MODELS = {
+    "cddb": "bridges/*/bridge.json",
+    "cddb-deep": "bridges/*/bridge.json",
+    "gctm": "gctm/*/gctm.json",
+}
 
 
 @dataclass
@@ -67,14 +75,17 @@ class Restorer:
             self.prior = load_prior(self._need("prior"), device)
         if method == "blinddps":
             self.kernel_prior = load_prior(self._need("kernel_prior"), device)
-        self.bridges: dict[str, Path] = (
-            bridge_specs(self.model_dir) if method.startswith("cddb") else {}
-        )
-        if method.startswith("cddb") and not self.bridges:
-            raise ModelDirError(
-                f"{self.model_dir}/bridges/ holds no bridge (train one with train-bridge)"
+        pattern = PER_SPEC_MODELS.get(method)
+        self.bridges: dict[str, Path] = bridge_specs(self.model_dir, pattern) if pattern else {}
+        if pattern and not self.bridges:
+            folder, command = (
+                pattern.split("/")[0],
+                "train-gctm" if method == "gctm" else "train-bridge",
             )
-        self._loaded_bridges: dict[str, Bridge] = {}
+            raise ModelDirError(
+                f"{self.model_dir}/{folder}/ holds no {method} model (train one with {command})"
+            )
+        self._loaded_bridges: dict[str, Bridge | TrajectoryModel] = {}
 
     def _need(self, name: str) -> Path:
         path = self.model_dir / name
@@ -82,14 +93,18 @@ class Restorer:
             raise ModelDirError(f"{self.method} needs {path}/ (a festa {name.replace('_', ' ')})")
         return path
 
-    def _bridge(self, deg: Degradation) -> Bridge:
+    def _bridge(self, deg: Degradation) -> Bridge | TrajectoryModel:
+        """The CDDB bridge (cddb, cddb-deep) or GCTM model (gctm) for ``deg``, loaded once."""
         if deg.spec not in self.bridges:
+            kind = "GCTM model" if self.method == "gctm" else "CDDB bridge"
+            folder = PER_SPEC_MODELS[self.method].split("/")[0]
             raise UnsupportedMethodError(
-                f"no CDDB bridge for {deg.spec!r} in {self.model_dir}/bridges; "
+                f"no {kind} for {deg.spec!r} in {self.model_dir}/{folder}; "
                 f"available: {sorted(self.bridges) or 'none'}"
             )
         if deg.spec not in self._loaded_bridges:
-            self._loaded_bridges[deg.spec] = load_bridge(self.bridges[deg.spec], str(self.device))
+            load = load_gctm if self.method == "gctm" else load_bridge
+            self._loaded_bridges[deg.spec] = load(self.bridges[deg.spec], str(self.device))
         return self._loaded_bridges[deg.spec]
 
     def parse(self, degradation: str) -> Degradation:
@@ -160,6 +175,9 @@ class Restorer:
         elif self.method == "blinddps":
             res = solvers.blind_dps(self.prior, self.kernel_prior, deg, y, gens, nfe=self.nfe)
             model = self.prior
+        elif self.method == "gctm":
+            model = self._bridge(deg)
+            res = solvers.gctm(model, deg, y, nfe=self.nfe)
         else:
             model = self._bridge(deg)
             res = solvers.cddb(model, deg, y, gens, nfe=self.nfe, deep=self.method == "cddb-deep")

@@ -11,6 +11,8 @@ each image's result does not depend on what else is in its batch.
 - :func:`cddb`: CDDB (Chung, Kim, Ye 2023) on an I2SB bridge. ``deep=False``: a weighted
   Landweber step ``x0_hat <- x0_hat - alpha A^T W (A x0_hat - y)`` before each bridge step;
   ``deep=True`` (CDDB-deep): the DPS-like gradient through the network, applied to ``x_t``.
+- :func:`gctm`: one-step restoration by a GCTM model distilled from a CDDB bridge
+  (:mod:`festa.client.restoration.gctm`): ``x0 = G(lift(y), 1, 0)``, one network evaluation.
 - :func:`blind_dps`: BlindDPS (Chung et al. 2023): image and kernel chains in parallel, the kernel
   ``x0_hat`` made non-negative and summing to 1, with an L1 sparsity penalty on it.
 """
@@ -23,6 +25,7 @@ from typing import Any
 
 import torch
 
+from festa.client.restoration.gctm import TrajectoryModel
 from festa.client.restoration.models import Bridge, DiffusionPrior
 from festa.client.restoration.operators import Degradation
 from festa.client.restoration.training import kernel_from_model
@@ -192,6 +195,14 @@ def cddb(
             x = x - step * grad
     params = {"step": step, "deep": deep}
     return SolverResult(_img(x0.detach()).clamp(0, 1), len(ts) - 1, params)
+
+
+def gctm(model: TrajectoryModel, deg: Degradation, y: torch.Tensor, nfe: int = 1) -> SolverResult:
+    """GCTM: jump from ``x1 = lift(y)`` to the clean end of the bridge trajectory in ``nfe``
+    network evaluations (1: one-step restoration). Deterministic; no data-consistency step."""
+    x = deg.operator.lift(y).clamp(0, 1) * 2 - 1
+    x0 = model.restore(x, nfe)
+    return SolverResult(_img(x0).clamp(0, 1), nfe, {"jumps": nfe, "start": "lift(y) at t = 1"})
 
 
 def blind_dps(

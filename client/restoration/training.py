@@ -89,6 +89,19 @@ Sampler = Callable[[int, np.random.Generator, torch.Generator], torch.Tensor]
 LossFn = Callable[[UNet2DModel, torch.Tensor, torch.Generator], torch.Tensor]
 
 
+def optimizer_step(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, where: str
+) -> None:
+    """Backpropagate ``loss``, clip the gradient norm to 1 and step; raises
+    :class:`TrainingDivergedError` (naming ``where``) on a non-finite loss."""
+    if not torch.isfinite(loss):
+        raise TrainingDivergedError(f"{where}: loss {loss.item()}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+
 def train_loop(
     model: UNet2DModel,
     out: Path,
@@ -142,12 +155,7 @@ def train_loop(
         while step < cfg.steps:
             batch = sample(cfg.batch, rng, gen)
             loss = loss_fn(model, batch, gen)
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(f"{desc}: loss {loss.item()} at step {step + 1}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            optimizer_step(model, opt, loss, f"{desc} step {step + 1}")
             step += 1
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
@@ -160,7 +168,7 @@ def train_loop(
     return ema.eval(), losses
 
 
-def _write_record(out: Path, kind: str, cfg: TrainConfig, losses: list[float], extra: dict) -> None:
+def write_record(out: Path, kind: str, cfg: TrainConfig, losses: list[float], extra: dict) -> None:
     record = {
         "kind": kind,
         "command": " ".join(["festa", "restore", *sys.argv[1:]]) if sys.argv else "",
@@ -174,11 +182,17 @@ def _write_record(out: Path, kind: str, cfg: TrainConfig, losses: list[float], e
     (out / "festa_training.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
-def _save_pipeline(unet: UNet2DModel, out: Path) -> None:
+def save_unet(unet: UNet2DModel, out: Path) -> None:
+    """Save ``unet`` (as float16) to ``out/unet/``, the layout of a bridge or GCTM folder."""
+    (out / "unet").mkdir(parents=True, exist_ok=True)
+    copy.deepcopy(unet).half().save_pretrained(out / "unet")
+
+
+def save_pipeline(unet: UNet2DModel, out: Path) -> None:
     DDPMPipeline(unet=copy.deepcopy(unet).half(), scheduler=ddpm_scheduler()).save_pretrained(out)
 
 
-def _ddpm_loss(sched: DDPMScheduler) -> LossFn:
+def ddpm_loss(sched: DDPMScheduler) -> LossFn:
     def loss_fn(model: UNet2DModel, x0: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
@@ -228,6 +242,20 @@ def image_sampler(images: np.ndarray) -> Sampler:
     return sample
 
 
+def paired_sampler(degradation: Degradation, images: np.ndarray) -> Sampler:
+    """Pairs ``[B, 2, H, W]`` in [-1, 1]: channel 0 a clean image ``x0``, channel 1 its lifted
+    observation ``x1 = lift(A(x0) + noise)`` (the two ends of a CDDB bridge)."""
+    clean = image_sampler(images)
+
+    def sample(batch: int, rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
+        x0 = clean(batch, rng, gen)
+        y = degradation.simulate((x0 + 1) / 2, seed=int(rng.integers(2**31)))
+        x1 = degradation.operator.lift(y) * 2 - 1
+        return torch.cat([x0, x1], dim=1)
+
+    return sample
+
+
 def kernel_to_model(k: torch.Tensor) -> torch.Tensor:
     """Kernels ``[..., K, K]`` (sum 1) -> kernel-prior space in [-1, 1] (peak scaled to 1)."""
     peak = k.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-8)
@@ -252,10 +280,10 @@ def train_prior(
     images = load_images(data, size, cfg.n_phantoms, seed=cfg.seed)
     model = build_unet(size, preset)
     ema, losses = train_loop(
-        model, out, image_sampler(images), _ddpm_loss(ddpm_scheduler()), cfg, "image prior", resume
+        model, out, image_sampler(images), ddpm_loss(ddpm_scheduler()), cfg, "image prior", resume
     )
-    _save_pipeline(ema, out)
-    _write_record(
+    save_pipeline(ema, out)
+    write_record(
         out,
         "image-prior",
         cfg,
@@ -279,13 +307,13 @@ def train_kernel_prior(
         build_unet(size, "kernel"),
         out,
         sample,
-        _ddpm_loss(ddpm_scheduler()),
+        ddpm_loss(ddpm_scheduler()),
         cfg,
         "kernel prior",
         resume,
     )
-    _save_pipeline(ema, out)
-    _write_record(
+    save_pipeline(ema, out)
+    write_record(
         out, "kernel-prior", cfg, losses, {"data": "synthetic gaussian+motion", "size": size}
     )
     return losses
@@ -311,13 +339,7 @@ def train_bridge(
             init_from, subfolder="unet", local_files_only=True, low_cpu_mem_usage=False
         ).float()
     schedule = BridgeSchedule()
-    clean = image_sampler(images)
-
-    def sample(batch: int, rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
-        x0 = clean(batch, rng, gen)
-        y = degradation.simulate((x0 + 1) / 2, seed=int(rng.integers(2**31)))
-        x1 = degradation.operator.lift(y) * 2 - 1
-        return torch.cat([x0, x1], dim=1)
+    sample = paired_sampler(degradation, images)
 
     def loss_fn(model: UNet2DModel, pair: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         x0, x1 = pair[:, :1], pair[:, 1:]
@@ -327,13 +349,12 @@ def train_bridge(
         return torch.nn.functional.mse_loss(model(xt, t).sample, target)
 
     ema, losses = train_loop(model, out, sample, loss_fn, cfg, "bridge", resume)
-    (out / "unet").mkdir(parents=True, exist_ok=True)
-    copy.deepcopy(ema).half().save_pretrained(out / "unet")
+    save_unet(ema, out)
     (out / "bridge.json").write_text(
         json.dumps({"degradation": degradation.spec, "size": size, **schedule.config()}, indent=2)
         + "\n"
     )
-    _write_record(
+    write_record(
         out,
         "bridge",
         cfg,

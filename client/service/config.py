@@ -28,7 +28,9 @@ class RestoreConfig(FestaModel):
     """Which degradation this site's images carry and how to undo it."""
 
     degradation: str = Field("auto", description="a degradation SPEC, or `auto` to estimate it")
-    method: str = Field("dps", description="dps, cddb, blinddps, or auto (with degradation auto)")
+    method: str = Field(
+        "dps", description="dps, cddb, cddb-deep, blinddps, gctm, or auto (with degradation auto)"
+    )
     model_dir: Path
     nfe: int | None = Field(None, ge=1, le=10000, description="network evaluations per image")
     batch_size: int = Field(4, ge=1, le=1024)
@@ -58,10 +60,10 @@ class RestoreConfig(FestaModel):
     def _auto_method_needs_auto_degradation(self) -> RestoreConfig:
         if self.method == "auto" and self.degradation != "auto":
             raise ValueError("method = 'auto' needs degradation = 'auto'")
-        if self.method.startswith("cddb") and self.degradation == "auto":
+        if self.method in ("cddb", "cddb-deep", "gctm") and self.degradation == "auto":
             raise ValueError(
                 f"method = {self.method!r} needs a fixed degradation SPEC matching one of its "
-                "trained bridges, not 'auto'"
+                "trained bridges (gctm: distilled models), not 'auto'"
             )
         return self
 

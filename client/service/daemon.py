@@ -77,9 +77,10 @@ def safe_name(name: str) -> str:
 
 
 def model_image_size(model_dir: Path) -> int:
-    """Side length the image prior (or else a CDDB bridge) was trained at, from its config."""
+    """Side length the image prior (or else a CDDB bridge or GCTM model) was trained at."""
     candidates = [model_dir / "prior" / "unet" / "config.json"]
     candidates += sorted(model_dir.glob("bridges/*/unet/config.json"))
+    candidates += sorted(model_dir.glob("gctm/*/unet/config.json"))
     for config in candidates:
         try:
             size = json.loads(config.read_text()).get("sample_size")

@@ -12,3 +12,11 @@ python -m festa.client.restoration.cli train-bridge --degradation "noise:poisson
 python -m festa.client.restoration.cli train-bridge --degradation "blur:gauss:sigma=2+noise:gauss:sigma=0.01" \
   --data phantoms --size 64 --out $W/bridges/gaussblur2 --init-from $W/prior \
   --steps 250 --batch 16 --lr 5e-4 --seed 0 --preset small --threads 1
+# One-step GCTM models distilled from the bridges above (client/restoration/gctm.py); train each
+# in one go (the EMA target network is not checkpointed, so a resumed run differs slightly).
+python -m festa.client.restoration.cli train-gctm --bridge $W/bridges/lowdose \
+  --out $W/gctm/lowdose --data phantoms --steps 80 --batch 8 --lr 2e-4 --seed 0 --threads 1
+# gaussblur2: 0 steps (no CPU left on the shared machine): the GCTM UNet as initialised from the
+# bridge, i.e. exactly the bridge's one-step estimate x0_hat(x1, 1), not yet distilled.
+python -m festa.client.restoration.cli train-gctm --bridge $W/bridges/gaussblur2 \
+  --out $W/gctm/gaussblur2 --data phantoms --steps 0 --batch 8 --lr 2e-4 --seed 0 --threads 1
