@@ -199,15 +199,20 @@ def degrade_cmd(
 def run_cmd(
     method: Annotated[str, typer.Option("--method", help="dps | cddb | cddb-deep | blinddps")],
     degradation: Annotated[str, typer.Option("--degradation", help=SPEC_HELP)],
-    model: Annotated[
-        Path, typer.Option("--model", help="Model folder: prior/, kernel_prior/, bridges/*/.")
-    ],
     input: Annotated[
         Path, typer.Option("--input", help="An image (PNG/JPEG/DICOM) or a folder of them.")
     ],
     out: Annotated[
         Path, typer.Option("--out", help="Output folder: <stem>.<method>.png (16-bit) + .json.")
     ],
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            help="Model folder: prior/, kernel_prior/, bridges/*/. Default: the committed cxr64 "
+            "weights (trained on real radiographs); phantom images want weights/phantom64.",
+        ),
+    ] = None,
     nfe: int | None = typer.Option(
         None, "--nfe", help="Steps (default: dps/blinddps 1000, cddb 20)."
     ),
@@ -219,6 +224,7 @@ def run_cmd(
     """Restore every image of --input; one bad image is reported and skipped, the rest still run."""
     from rich.progress import Progress
 
+    from festa.client.restoration.committed_weights import default_model_dir
     from festa.client.restoration.restorer import Restorer
     from festa.shared.data.imageio import ImageReadError, read_image
 
@@ -226,7 +232,9 @@ def run_cmd(
     _parse_or_exit(degradation)
     files = _image_files(input)
     try:
-        restorer = Restorer(method, model, nfe=nfe, device=device)
+        restorer = Restorer(
+            method, model or default_model_dir(real_data=True), nfe=nfe, device=device
+        )
         restorer.parse(degradation)
     except RestorationError as e:
         console.print(f"[red]cannot restore:[/red] {e}")
