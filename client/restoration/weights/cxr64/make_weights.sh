@@ -35,9 +35,9 @@ case "${1:-all}" in
     ;;&
   bridges|all)
     bridge gaussblur2 "blur:gauss:sigma=2+noise:gauss:sigma=0.01" 120 $W/prior
-    bridge inpaintbox "inpaint:box" 100 $W/prior
-    ;;&
-  sr|all)
-    bridge sr2 "sr:2+noise:gauss:sigma=0.01" 100 $W/prior
+    # Not trained in the budget (sr2 was started and stopped at step < 20; inpaintbox never
+    # started), so CDDB has no bridge for these cases:
+    #   bridge sr2 "sr:2+noise:gauss:sigma=0.01" 100 $W/prior
+    #   bridge inpaintbox "inpaint:box" 100 $W/prior
     ;;
 esac
