@@ -127,9 +127,19 @@ def main(
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(1, "--threads"),
     write: bool = typer.Option(True, "--write/--no-write", help="Append to BENCHMARKS.md."),
+    from_json: str = typer.Option(
+        "", "--from-json", help="Comma-separated result JSONs of earlier runs: report them only."
+    ),
 ) -> None:
     torch.set_num_threads(threads)
     console = Console()
+    if from_json:
+        paths = [Path(p) for p in from_json.split(",")]
+        loaded = [json.loads(p.read_text()) for p in paths]
+        cells = {case: cell for run in loaded for case, cell in run["results"].items()}
+        merged = {c.name: cells[c.name] for c in CASES if c.name in cells}
+        report(merged, [run["settings"] for run in loaded], paths, threads, console, write)
+        return
     prior = load_prior(model / "prior")
     size = prior.size
     clean, ids = manifest_images(data, "val", size, limit=n_val)
@@ -139,6 +149,13 @@ def main(
     nfe = {"dps": [dps_nfe], "cddb": cddb_steps, "cddb-deep": cddb_steps, "blinddps": [blind_nfe]}
     results: dict[str, dict[str, dict]] = {}
     start_all = time.perf_counter()
+    out = REPO / "runs" / "bench-restoration" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "model": str(model), "n_val": len(clean), "val_ids": ids, "tune_ids": tune_ids,
+        "nfe": nfe, "deepinv_steps": deepinv_steps, "seed": seed, "cases": [c.__dict__ for c in chosen],
+        "torch": torch.__version__, "load_at_start": os.getloadavg()[0],
+    }  # fmt: skip
     for case in chosen:
         sim = parse_spec(case.simulate)
         y = observe(clean, ids, case.simulate, seed)
@@ -184,19 +201,29 @@ def main(
             label = f"{method} @{deepinv_steps}"
             cell[label] = {"kind": "deepinv", "seconds": seconds, **scores(clean, est)}
             console.print(f"{case.name}: {label} {np.mean(cell[label]['psnr']):.2f} dB")
-    total = time.perf_counter() - start_all
-    rows = table_rows(results)
-    out = REPO / "runs" / "bench-restoration" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "model": str(model), "n_val": len(clean), "val_ids": ids, "tune_ids": tune_ids,
-        "nfe": nfe, "deepinv_steps": deepinv_steps, "seed": seed, "cases": [c.__dict__ for c in chosen],
-        "torch": torch.__version__, "seconds": total,
-    }  # fmt: skip
-    out.write_text(json.dumps({"settings": settings, "results": results}, indent=2) + "\n")
+        settings["seconds"] = time.perf_counter() - start_all
+        out.write_text(json.dumps({"settings": settings, "results": results}, indent=2) + "\n")
+    report(results, [settings], [out], threads, console, write)
+
+
+def report(
+    results: dict[str, dict[str, dict]],
+    runs: list[dict],
+    paths: list[Path],
+    threads: int,
+    console: Console,
+    write: bool,
+) -> None:
+    """Print (and append to BENCHMARKS.md) the table of ``results`` from one or more runs."""
+    first = runs[0]
+    ids, model = first["val_ids"], Path(first["model"])
     sites = sorted({i.split("_")[0] for i in ids})
+    wall = ", ".join(
+        f"{r['seconds']:.0f} s (1-min load at start {r.get('load_at_start', float('nan')):.1f})"
+        for r in runs
+    )
     publish(
-        f"Restoration on real CXRs ({', '.join(c.name for c in chosen)})",
+        f"Restoration on real CXRs ({', '.join(results)})",
         "python -m festa.simulations.bench_restoration " + " ".join(sys.argv[1:]),
         (
             "case",
@@ -208,15 +235,18 @@ def main(
             "goal",
             "s / image",
         ),
-        rows,
+        table_rows(results),
         notes=(
-            f"Device: CPU, {threads} torch thread(s); total wall time {total:.0f} s. Models: "
-            f"`{model.relative_to(REPO) if model.is_relative_to(REPO) else model}` "
-            f"({size} px). Images: the first {len(clean)} cxr-open val rows (id prefixes "
-            f"{', '.join(sites)}), area-downsized to {size} px, mean ± std over images; seed "
-            f"{seed}. Classical parameters tuned on {len(tune_ids)} train images. Goal: festa "
-            f"solver ≥ {GOAL_DB:g} dB above both the degraded input and the best classical row. "
-            f"Per-image scores: `{out.relative_to(REPO)}`."
+            f"Device: CPU, {threads} torch thread(s); wall time per run: {wall}. Models: "
+            f"`{model.relative_to(REPO) if model.is_relative_to(REPO) else model}` (64 px). "
+            f"Images: the first {len(ids)} cxr-open val rows (id prefixes {', '.join(sites)}; "
+            "their finding labels are confounded with site, irrelevant to PSNR/SSIM), "
+            f"area-downsized, mean ± std over images; seed {first['seed']}; NFE {first['nfe']}, "
+            f"deepinv steps {first['deepinv_steps']}. Classical parameters (in brackets) tuned "
+            f"on {len(first['tune_ids'])} train images. Goal: festa solver ≥ {GOAL_DB:g} dB "
+            "above both the degraded input and the best classical row. Per-image scores: "
+            + ", ".join(f"`{p.relative_to(REPO) if p.is_relative_to(REPO) else p}`" for p in paths)
+            + "."
         ),
         console=console,
         write=write,
