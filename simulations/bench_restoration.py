@@ -149,7 +149,9 @@ def main(
     nfe = {"dps": [dps_nfe], "cddb": cddb_steps, "cddb-deep": cddb_steps, "blinddps": [blind_nfe]}
     results: dict[str, dict[str, dict]] = {}
     start_all = time.perf_counter()
-    out = REPO / "runs" / "bench-restoration" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out = (
+        REPO / "runs" / "bench-restoration" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {
         "model": str(model), "n_val": len(clean), "val_ids": ids, "tune_ids": tune_ids,
@@ -181,13 +183,13 @@ def main(
                 try:
                     restorer = Restorer(method, model, nfe=steps)
                     t = time.perf_counter()
-                    out = restorer.restore(y, case.restore, seed=seed)
+                    restored = restorer.restore(y, case.restore, seed=seed)
                 except RestorationError as e:  # a missing bridge is a reported gap, not a crash
                     console.print(f"[yellow]{case.name}: {method} not run: {e}[/yellow]")
                     cell[label] = {"kind": "festa", "error": str(e)}
                     break
                 seconds = (time.perf_counter() - t) / len(y)
-                est = np.stack([r.image for r in out])
+                est = np.stack([r.image for r in restored])
                 cell[label] = {"kind": "festa", "seconds": seconds, **scores(clean, est)}
                 psnr = np.mean(cell[label]["psnr"])
                 console.print(f"{case.name}: {label} {psnr:.2f} dB ({seconds:.2f} s/img)")
