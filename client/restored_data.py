@@ -29,7 +29,6 @@ from festa.shared.data.datasets import CXRDataset
 
 log = logging.getLogger(__name__)
 
-WEIGHTS = Path(__file__).resolve().parent / "restoration" / "weights" / "phantom64"
 SCANNERS = (
     "noise:poisson:dose=200,read=0.01",  # low-dose acquisition
     "blur:gauss:sigma=2+noise:gauss:sigma=0.01",  # defocused detector
@@ -59,7 +58,10 @@ def with_scanner(cfg: FederationConfig, site: SiteData, site_index: int) -> Site
     images = acquired[:, 0].numpy()
     provenance: list[dict[str, Any] | None] = [None] * len(idx)
     if cfg.restore != "none":
-        images, provenance, counts = _restore(cfg, images, spec, counts)
+        real = (
+            len(idx) > 0 and "path" in site.train[int(idx[0])]
+        )  # manifest-folder samples name their file
+        images, provenance, counts = _restore(cfg, images, spec, counts, real)
     samples = []
     for k, i in enumerate(idx):
         sample = dict(site.train[int(i)])  # a copy: the pooled dataset is shared by virtual clients
@@ -71,11 +73,15 @@ def with_scanner(cfg: FederationConfig, site: SiteData, site_index: int) -> Site
     return replace(site, train=train, train_indices=np.arange(len(samples)), restoration=counts)
 
 
-def _restore(cfg: FederationConfig, acquired: np.ndarray, spec: str, counts: dict[str, int]):
+def _restore(
+    cfg: FederationConfig, acquired: np.ndarray, spec: str, counts: dict[str, int], real: bool
+):
+    """Restore a degraded site's images; default weights: cxr64 for real data, else phantom64."""
+    from festa.client.restoration.committed_weights import default_model_dir
     from festa.client.restoration.restorer import Restorer
 
     solver_spec = SOLVER_SPEC.get(cfg.restore, {}).get(spec, spec)
-    model_dir = Path(cfg.restore_model_dir) if cfg.restore_model_dir else WEIGHTS
+    model_dir = Path(cfg.restore_model_dir) if cfg.restore_model_dir else default_model_dir(real)
     key = hashlib.sha256(
         acquired.tobytes()
         + json.dumps([cfg.restore, cfg.restore_nfe, solver_spec, str(model_dir), cfg.seed]).encode()

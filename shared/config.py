@@ -316,7 +316,7 @@ class FederationConfig(FestaModel):
     )
     restore_nfe: int | None = Field(10, ge=1, description="network evaluations per image")
     restore_model_dir: str = Field(
-        "", description="priors/bridges folder; empty: the committed phantom64 weights"
+        "", description="priors/bridges folder; empty: committed cxr64 (real data) or phantom64"
     )
     restore_cache: str = Field(
         "runs/.restore-cache", description="restored images cached by content hash"

@@ -21,6 +21,7 @@ Folder layout written here and read by :mod:`festa.client.restoration.models`::
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import os
 import sys
@@ -207,12 +208,48 @@ def ddpm_loss(sched: DDPMScheduler) -> LossFn:
 # --------------------------------------------------------------------------------------------
 
 
+MANIFEST = "manifest.csv"
+TRAIN_SPLIT = "train"  # the only split a festa prior or bridge is trained on
+
+
+def downsize(image: np.ndarray, size: int) -> np.ndarray:
+    """One image ``[H, W]`` area-resized to ``[size, size]`` (the restoration models' grid)."""
+    img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    return torch.nn.functional.interpolate(img, size=(size, size), mode="area")[0, 0].numpy()
+
+
+def manifest_images(
+    root: str | Path, split: str, size: int, limit: int | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """Images of one ``split`` of a manifest folder (``root/manifest.csv``, cxr-open layout),
+    read in place and area-resized: ``([N, size, size] in [0, 1], their ids)``. Rows whose
+    image cannot be read are skipped."""
+    from festa.shared.data.imageio import ImageReadError, read_image
+
+    root = Path(root)
+    with (root / MANIFEST).open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("split") == split]
+    images, ids = [], []
+    for r in rows[:limit]:
+        try:
+            images.append(downsize(read_image(root / r["file"]), size))
+        except ImageReadError:
+            continue
+        ids.append(r.get("id") or r["file"])
+    if not images:
+        raise FileNotFoundError(f"no readable {split!r} images in {root / MANIFEST}")
+    return np.stack(images), ids
+
+
 def load_images(data: str, size: int, n_phantoms: int = 2000, seed: int = 0) -> np.ndarray:
-    """Clean training images ``[N, size, size]`` in [0, 1]: ``phantoms`` or a folder of images."""
+    """Clean training images ``[N, size, size]`` in [0, 1]: ``phantoms``, a manifest folder
+    (only its ``train`` split is read, never ``val``), or a plain folder of images."""
     if data == "phantoms":
         from festa.shared.data.phantoms import phantom_images
 
         return phantom_images(n_phantoms, size=size, seed=seed)
+    if (Path(data) / MANIFEST).is_file():
+        return manifest_images(data, TRAIN_SPLIT, size)[0]
     from festa.shared.data.imageio import ImageReadError, read_image
 
     paths = sorted(
@@ -221,13 +258,18 @@ def load_images(data: str, size: int, n_phantoms: int = 2000, seed: int = 0) -> 
     images = []
     for p in paths:
         try:
-            img = torch.from_numpy(read_image(p))[None, None]
+            images.append(downsize(read_image(p), size))
         except ImageReadError:
             continue
-        images.append(torch.nn.functional.interpolate(img, size=(size, size), mode="area")[0, 0])
     if not images:
         raise FileNotFoundError(f"no readable images under {data}")
-    return torch.stack(images).numpy()
+    return np.stack(images)
+
+
+def data_record(data: str) -> dict[str, Any]:
+    """What ``festa_training.json`` says about the training data (a manifest: its split)."""
+    manifest = data != "phantoms" and (Path(data) / MANIFEST).is_file()
+    return {"data": data, "split": TRAIN_SPLIT if manifest else None}
 
 
 def image_sampler(images: np.ndarray) -> Sampler:
@@ -288,7 +330,7 @@ def train_prior(
         "image-prior",
         cfg,
         losses,
-        {"data": data, "size": size, "preset": preset, "n_images": len(images)},
+        {**data_record(data), "size": size, "preset": preset, "n_images": len(images)},
     )
     return losses
 
@@ -360,7 +402,7 @@ def train_bridge(
         cfg,
         losses,
         {
-            "data": data,
+            **data_record(data),
             "size": size,
             "preset": preset,
             "degradation": degradation.spec,

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
+from festa.client.restoration.committed_weights import default_model_dir
 from festa.shared.config import ConfigError, FestaModel, load_toml
 
 SPEC_PATTERN = re.compile(r"^[a-z]+(:[A-Za-z0-9_.=,:-]+)?(\+[a-z]+(:[A-Za-z0-9_.=,:-]+)?)*$")
@@ -31,7 +32,10 @@ class RestoreConfig(FestaModel):
     method: str = Field(
         "dps", description="dps, cddb, cddb-deep, blinddps, gctm, or auto (with degradation auto)"
     )
-    model_dir: Path
+    model_dir: Path = Field(
+        default_factory=lambda: default_model_dir(real_data=True),
+        description="restoration weights; default: the committed cxr64 (real radiographs)",
+    )
     nfe: int | None = Field(None, ge=1, le=10000, description="network evaluations per image")
     batch_size: int = Field(4, ge=1, le=1024)
     device: str = "cpu"

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio
 
-from festa.client.restoration.restorer import Restorer
 from festa.client.restoration.operators import parse_spec
+from festa.client.restoration.restorer import Restorer
 from festa.shared.data.phantoms import phantom_images
 
 WEIGHTS = Path(__file__).resolve().parents[3] / "client" / "restoration" / "weights" / "phantom64"

@@ -160,7 +160,7 @@ def test_example_site_config_is_valid() -> None:
     config = load_site_config(example)
     assert config.restore.degradation == "auto" and config.http.host == "127.0.0.1"
     assert (
-        config.restore.model_dir == example.parent.parent / "restoration" / "weights" / "phantom64"
+        config.restore.model_dir == example.parent.parent / "restoration" / "weights" / "cxr64"
     )
     assert config.folders.incoming.is_absolute()
 
