@@ -24,7 +24,7 @@ import torch
 from festa.shared.config import CentralConfig, FederationConfig, OptimConfig
 from festa.shared.tasks import primary_metric
 from festa.shared.train.central import train_central
-from simulations.report import publish
+from festa.simulations.benchmark_table import publish
 
 
 def federation_record(run: Path) -> tuple[FederationConfig, list[dict[str, Any]], float]:
