@@ -32,11 +32,13 @@ def flower_strategy(cfg: DriftConfig, initial: State) -> Any:
     from flwr.server.strategy import FedAdam, FedAvgM, FedYogi
 
     params = ndarrays_to_parameters(_ndarrays(initial))
+    quiet = {"fit_metrics_aggregation_fn": lambda _metrics: {}}  # no client metrics here
     if cfg.server_optimizer == "fedavgm":
         return FedAvgM(
             initial_parameters=params,
             server_learning_rate=cfg.server_lr,
             server_momentum=cfg.server_momentum,
+            **quiet,
         )
     adaptive = {"fedadam": FedAdam, "fedyogi": FedYogi}[cfg.server_optimizer]
     return adaptive(
@@ -45,6 +47,7 @@ def flower_strategy(cfg: DriftConfig, initial: State) -> Any:
         beta_1=cfg.server_momentum,
         beta_2=cfg.server_beta2,
         tau=cfg.server_tau,
+        **quiet,
     )
 
 

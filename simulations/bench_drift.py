@@ -91,19 +91,26 @@ def main() -> None:
                 lasts.append(statistics.mean(curve[-3:]))
                 if args.log:
                     with args.log.open("a") as f:
-                        f.write(json.dumps({"partition": partition, "remedy": name,
-                                            "seed": seed, "auc": curve}) + "\n")
-            rows.append([
-                partition,
-                name,
-                f"{statistics.mean(finals):.3f} ± {statistics.pstdev(finals):.3f}",
-                f"{statistics.mean(lasts):.3f} ± {statistics.pstdev(lasts):.3f}",
-                " ".join(f"{v:.3f}" for v in finals),
-            ])
+                        f.write(
+                            json.dumps(
+                                {"partition": partition, "remedy": name, "seed": seed, "auc": curve}
+                            )
+                            + "\n"
+                        )
+            rows.append(
+                [
+                    partition,
+                    name,
+                    f"{statistics.mean(finals):.3f} ± {statistics.pstdev(finals):.3f}",
+                    f"{statistics.mean(lasts):.3f} ± {statistics.pstdev(lasts):.3f}",
+                    " ".join(f"{v:.3f}" for v in finals),
+                ]
+            )
     wall = time.time() - started
     publish(
         "Client drift: partition x remedy (classification, in-process engine)",
-        "python -m festa.simulations.bench_drift --seeds " + " ".join(map(str, args.seeds))
+        "python -m festa.simulations.bench_drift --seeds "
+        + " ".join(map(str, args.seeds))
         + f" --clients {args.clients} --rounds {args.rounds} --local-steps {args.local_steps}",
         ["partition", "remedy", "final AUC mean ± std", "last-3-rounds AUC", "per seed"],
         rows,

@@ -29,7 +29,9 @@ def log_class_prior(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     finite (very negative) log prior: log((n_c + 1) / (N + C))."""
     labels = np.asarray(labels, dtype=np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got {labels.min()}..{labels.max()}")
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}), got {labels.min()}..{labels.max()}"
+        )
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     return torch.tensor(np.log((counts + 1.0) / (counts.sum() + num_classes)), dtype=torch.float32)
 

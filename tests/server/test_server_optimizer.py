@@ -35,8 +35,13 @@ def test_fedavgm_matches_heavy_ball_momentum_on_pseudo_gradients():
 
 
 def test_fedadam_takes_a_bias_corrected_adam_step_per_task():
-    cfg = DriftConfig(server_optimizer="fedadam", server_lr=0.01, server_momentum=0.9,
-                      server_beta2=0.99, server_tau=1e-3)
+    cfg = DriftConfig(
+        server_optimizer="fedadam",
+        server_lr=0.01,
+        server_momentum=0.9,
+        server_beta2=0.99,
+        server_tau=1e-3,
+    )
     opt = ServerOptimizer(cfg)
     prev, avg = _state([1.0, 1.0], [0.0]), _state([0.0, 2.0], [0.0])
     out = opt.step("a", prev, avg)
