@@ -232,7 +232,12 @@ class DriftConfig(FestaModel):
     with Flower's strategy math; `server_lr` is FedAvgM's server learning rate or FedAdam's eta.
     """
 
-    logit_adjustment: float = Field(0.0, ge=0, description="tau; 0: plain cross-entropy")
+    logit_adjustment: float = Field(
+        1.0,
+        ge=0,
+        description="tau; 0: plain cross-entropy. Default 1 (balanced softmax): under the "
+        "default Dirichlet 0.5 skew plain FedAvg leaves classification at AUC 0.58",
+    )
     proximal_mu: float = Field(0.0, ge=0, description="FedProx mu; 0: off")
     client_optimizer: Literal["fresh", "persist"] = "fresh"
     server_optimizer: Literal["fedavg", "fedavgm", "fedadam", "fedyogi"] = "fedavg"
