@@ -25,14 +25,21 @@ from festa.simulations.benchmark_table import machine_line, publish
 
 PARTITIONS = ("dirichlet:0.1", "dirichlet:0.5", "iid")
 
-# Each remedy as the `drift` settings it changes from plain FedAvg.
+# Each remedy as the `drift` settings it changes from plain FedAvg (no remedy at all; the
+# default config has the logit adjustment on, so plain FedAvg turns it off).
+PLAIN: dict[str, Any] = {"logit_adjustment": 0.0}
 REMEDIES: dict[str, dict[str, Any]] = {
-    "fedavg": {},
-    "logit-adjust tau=1": {"logit_adjustment": 1.0},
-    "fedprox mu=0.01": {"proximal_mu": 0.01},
-    "persistent client AdamW": {"client_optimizer": "persist"},
-    "fedavgm lr=1 m=0.5": {"server_optimizer": "fedavgm", "server_lr": 1.0, "server_momentum": 0.5},
-    "fedadam eta=1e-3": {"server_optimizer": "fedadam", "server_lr": 1e-3},
+    "fedavg": PLAIN,
+    "logit-adjust tau=1": {**PLAIN, "logit_adjustment": 1.0},
+    "fedprox mu=0.1": {**PLAIN, "proximal_mu": 0.1},
+    "persistent client AdamW": {**PLAIN, "client_optimizer": "persist"},
+    "fedavgm lr=1 m=0.5": {
+        **PLAIN,
+        "server_optimizer": "fedavgm",
+        "server_lr": 1.0,
+        "server_momentum": 0.5,
+    },
+    "fedadam eta=1e-3": {**PLAIN, "server_optimizer": "fedadam", "server_lr": 1e-3},
 }
 
 
@@ -65,6 +72,28 @@ def run_one(cfg: FederationConfig) -> list[float]:
         return [h.tasks["classification"]["auc"] for h in fed.history]
 
 
+def summary_rows(runs: list[dict[str, Any]]) -> list[list[str]]:
+    """One row per (partition, remedy) in first-seen order: final AUC and the mean of the last
+    3 rounds' AUC, mean +- population std over seeds, and each seed's final AUC."""
+    groups: dict[tuple[str, str], list[list[float]]] = {}
+    for run in runs:
+        groups.setdefault((run["partition"], run["remedy"]), []).append(run["auc"])
+    rows = []
+    for (partition, remedy), curves in groups.items():
+        finals = [c[-1] for c in curves]
+        lasts = [statistics.mean(c[-3:]) for c in curves]
+        rows.append(
+            [
+                partition,
+                remedy,
+                f"{statistics.mean(finals):.3f} ± {statistics.pstdev(finals):.3f}",
+                f"{statistics.mean(lasts):.3f} ± {statistics.pstdev(lasts):.3f}",
+                " ".join(f"{v:.3f}" for v in finals),
+            ]
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -76,36 +105,29 @@ def main() -> None:
     parser.add_argument("--remedies", nargs="+", default=list(REMEDIES), choices=list(REMEDIES))
     parser.add_argument("--partitions", nargs="+", default=list(PARTITIONS))
     parser.add_argument("--log", type=Path, default=None, help="append each run as JSON here")
+    parser.add_argument(
+        "--from-log", type=Path, default=None, help="tabulate the runs of a --log file instead"
+    )
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     torch.set_num_threads(1)
     machine = machine_line()
     started = time.time()
-    rows = []
-    for partition in args.partitions:
-        for name in args.remedies:
-            finals, lasts = [], []
-            for seed in args.seeds:
-                curve = run_one(bench_config(partition, REMEDIES[name], seed, args))
-                finals.append(curve[-1])
-                lasts.append(statistics.mean(curve[-3:]))
-                if args.log:
-                    with args.log.open("a") as f:
-                        f.write(
-                            json.dumps(
-                                {"partition": partition, "remedy": name, "seed": seed, "auc": curve}
-                            )
-                            + "\n"
-                        )
-            rows.append(
-                [
-                    partition,
-                    name,
-                    f"{statistics.mean(finals):.3f} ± {statistics.pstdev(finals):.3f}",
-                    f"{statistics.mean(lasts):.3f} ± {statistics.pstdev(lasts):.3f}",
-                    " ".join(f"{v:.3f}" for v in finals),
-                ]
-            )
+    if args.from_log:
+        runs = [json.loads(line) for line in args.from_log.read_text().splitlines() if line]
+    else:
+        runs = []
+        for partition in args.partitions:
+            for name in args.remedies:
+                for seed in args.seeds:
+                    curve = run_one(bench_config(partition, REMEDIES[name], seed, args))
+                    runs.append(
+                        {"partition": partition, "remedy": name, "seed": seed, "auc": curve}
+                    )
+                    if args.log:
+                        with args.log.open("a") as f:
+                            f.write(json.dumps(runs[-1]) + "\n")
+    rows = summary_rows(runs)
     wall = time.time() - started
     publish(
         "Client drift: partition x remedy (classification, in-process engine)",
@@ -118,7 +140,8 @@ def main() -> None:
             f"Classification only, {args.clients} clients, {args.train_size} train / "
             f"{args.val_size} val phantoms, {args.rounds} rounds x {args.local_steps} local steps, "
             f"batch 16, lr 1e-3, no degradation; seeds {args.seeds} (seed changes the partition, "
-            f"the initialisation and the batches); std over seeds (population). Wall {wall:.0f} s."
+            f"the initialisation and the batches); std over seeds (population). "
+            + (f"Runs read from {args.from_log}." if args.from_log else f"Wall {wall:.0f} s.")
         ),
         machine=machine,
         write=not args.no_write,
