@@ -26,13 +26,17 @@ def _ndarrays(state: State) -> list[np.ndarray]:
     return [v.detach().cpu().numpy() for v in state.values()]
 
 
+def _no_metrics(_metrics: Any) -> dict[str, Any]:
+    return {}
+
+
 def flower_strategy(cfg: DriftConfig, initial: State) -> Any:
     """The Flower strategy that holds one task's server-optimizer state, starting at `initial`."""
     from flwr.common import ndarrays_to_parameters
     from flwr.server.strategy import FedAdam, FedAvgM, FedYogi
 
     params = ndarrays_to_parameters(_ndarrays(initial))
-    quiet = {"fit_metrics_aggregation_fn": lambda _metrics: {}}  # no client metrics here
+    quiet = {"fit_metrics_aggregation_fn": _no_metrics}  # module-level: checkpoints pickle it
     if cfg.server_optimizer == "fedavgm":
         return FedAvgM(
             initial_parameters=params,

@@ -53,3 +53,12 @@ def test_fedadam_takes_a_bias_corrected_adam_step_per_task():
     assert np.allclose(got, expected, atol=1e-6)
     # Another task has its own state.
     assert opt.step("b", prev, prev)["head.w"].tolist() == [1.0, 1.0]
+
+
+def test_a_stepped_server_optimizer_survives_a_checkpoint(tmp_path):
+    opt = ServerOptimizer(DriftConfig(server_optimizer="fedavgm", server_momentum=0.5))
+    state = opt.step("t", _state([1.0, 2.0], [0.0]), _state([0.0, 0.0], [0.0]))
+    torch.save({"server_optimizer": opt}, tmp_path / "ckpt.pt")
+    back = torch.load(tmp_path / "ckpt.pt", weights_only=False)["server_optimizer"]
+    avg = _state([0.0, 0.0], [0.0])
+    assert torch.equal(back.step("t", state, avg)["head.w"], opt.step("t", state, avg)["head.w"])
