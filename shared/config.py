@@ -230,6 +230,8 @@ class DriftConfig(FestaModel):
     AdamW state across rounds instead of a fresh optimizer every round. Server side
     (`festa.server.server_optimizer`): FedAvgM / FedAdam / FedYogi on each task's head/tail,
     with Flower's strategy math; `server_lr` is FedAvgM's server learning rate or FedAdam's eta.
+    "persist" keeps the state in the client's process: reliable in-process and in a deployed
+    site, best effort in Flower's simulation (a virtual node may run in another Ray actor).
     """
 
     logit_adjustment: float = Field(
