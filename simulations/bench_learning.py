@@ -144,7 +144,8 @@ def main() -> None:
     publish(
         "Federation vs centralized at the same budget",
         f"python -m festa.simulations.bench_learning --fed-run {args.fed_run} --seeds "
-        + " ".join(map(str, args.seeds)),
+        + " ".join(map(str, args.seeds))
+        + (" --central-run " + " ".join(map(str, args.central_run)) if args.central_run else ""),
         [
             "task",
             "metric",
