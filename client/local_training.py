@@ -10,7 +10,7 @@ Each takes the server's message config (round, task, body endpoint, session toke
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -25,7 +25,12 @@ from festa.shared.model.pipeline import PipelinedBodyLink, split_train_pipelined
 from festa.shared.model.split import BodyLink, GradTransform, permuted_body, split_train_step
 from festa.shared.model.token_noise import with_token_noise
 from festa.shared.privacy.label_protection import LabelGradientNoise, zero_gradient
+from festa.shared.train.drift import add_proximal_term, log_class_prior, logit_adjusted_loss
 from festa.shared.train.task_model import TaskModel, cycle_batches, evaluate, make_loader, to_device
+
+# Per-site client optimizer state across rounds (`drift.client_optimizer = "persist"`), keyed
+# by (run config, site). Lives as long as the process that runs the site's client.
+_OPTIMIZER_STATES: dict[tuple[str, str], list[dict[str, Any]]] = {}
 
 
 class SimulatedFault(RuntimeError):
@@ -79,30 +84,44 @@ def train_round(
                 )
             yield to_device(batch, cfg.device)
 
+    loss_fn = training_loss(cfg, site, model)
+    if cfg.pipeline_depth > 1:
+        optimizers = [
+            _adamw(cfg, model.head.parameters()),
+            _adamw(cfg, model.tail.parameters()),
+        ]
+    else:
+        optimizers = [_adamw(cfg, model.parameters())]
+    state_key = (cfg.model_dump_json(), site.site_id)
+    if cfg.drift.client_optimizer == "persist" and state_key in _OPTIMIZER_STATES:
+        for optimizer, saved in zip(optimizers, _OPTIMIZER_STATES[state_key], strict=True):
+            optimizer.load_state_dict(saved)
+    for optimizer in optimizers:
+        add_proximal_term(optimizer, _params(optimizer), cfg.drift.proximal_mu)
     if cfg.pipeline_depth > 1:
         results = split_train_pipelined(
             model.head,
             model.tail,
-            model.task.loss,
+            loss_fn,
             batches(),
             _pipelined(link),
             depth=cfg.pipeline_depth,
-            head_optimizer=_adamw(cfg, model.head.parameters()),
-            tail_optimizer=_adamw(cfg, model.tail.parameters()),
+            head_optimizer=optimizers[0],
+            tail_optimizer=optimizers[1],
             permutation_generator=perm_gen,
             permute=cfg.permute,
         )
         losses = [r.loss for r in results]
         examples = sum(r.num_examples for r in results)
     else:
-        optimizer = _adamw(cfg, model.parameters())
-        protect = label_protection(cfg, site, round_number, model)
+        (optimizer,) = optimizers
+        protect = label_protection(cfg, site, round_number, loss_fn)
         for batch in batches():
             optimizer.zero_grad(set_to_none=True)
             result = split_train_step(
                 model.head,
                 model.tail,
-                model.task.loss,
+                loss_fn,
                 batch,
                 link,
                 perm_gen,
@@ -112,6 +131,8 @@ def train_round(
             optimizer.step()
             losses.append(result.loss)
             examples += result.num_examples
+    if cfg.drift.client_optimizer == "persist":
+        _OPTIMIZER_STATES[state_key] = [o.state_dict() for o in optimizers]
     return {
         # FedAvg weighs a client by its dataset size, not by how often it looped over it.
         "num-examples": int(len(site.train_indices)),
@@ -124,7 +145,7 @@ def train_round(
 
 
 def label_protection(
-    cfg: FederationConfig, site: SiteData, round_number: int, model: TaskModel
+    cfg: FederationConfig, site: SiteData, round_number: int, loss_fn: Callable
 ) -> GradTransform | None:
     """The returned-gradient label protection of a classification site (`cfg.label_protection`,
     `cfg.label_noise`), seeded per (run, round, site); None for other tasks or when off."""
@@ -133,7 +154,22 @@ def label_protection(
     if cfg.label_protection == "tail-only":
         return zero_gradient
     seed = round_seed(cfg.seed, round_number, f"{site.site_id}/label-noise")
-    return LabelGradientNoise(model.task.loss, cfg.label_noise, torch.Generator().manual_seed(seed))
+    return LabelGradientNoise(loss_fn, cfg.label_noise, torch.Generator().manual_seed(seed))
+
+
+def training_loss(cfg: FederationConfig, site: SiteData, model: TaskModel):
+    """The loss a site trains with: the task's, or for classification with
+    `drift.logit_adjustment` > 0 the cross-entropy of logits shifted by the site's own log
+    class prior (`festa.shared.train.drift`)."""
+    tau = cfg.drift.logit_adjustment
+    if tau == 0 or model.task.name != "classification":
+        return model.task.loss
+    labels = site.train.labels[site.train_indices]
+    return logit_adjusted_loss(log_class_prior(labels, cfg.model.num_classes), tau)
+
+
+def _params(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def _adamw(cfg: FederationConfig, params: Any) -> torch.optim.AdamW:

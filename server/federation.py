@@ -40,6 +40,7 @@ from rich.table import Table
 from festa.server.body_service import BodyService, RoundReport, TlsFiles, issue_token
 from festa.server.records import BodyRound, ClientRound, RoundRecord
 from festa.server.secure_aggregation import Member, check_group_sizes, secure_fedavg
+from festa.server.server_optimizer import ServerOptimizer
 from festa.server.store.recorder import RunRecorder
 from festa.server.store.runstore import RunStore
 from festa.shared.config import FederationConfig
@@ -174,6 +175,7 @@ class Federation:
         )
         # Every task starts from one seeded initialisation; every client of a task from its average.
         self.task_states = initial_task_states(cfg)
+        self.server_optimizer = ServerOptimizer(cfg.drift)
         self.client_states: dict[str, dict[str, torch.Tensor]] = {}
         self.history: list[RoundRecord] = []
         self.reply_states: dict[str, dict[str, torch.Tensor]] = {}  # last round's, for audit
@@ -333,12 +335,17 @@ class Federation:
                 self.recorder.event("dropped", f"{site}: {why}", site_id=site)
                 self.recorder.client_offline(site)
         elif cfg.schedule.unifies(r, cfg.rounds):
+            averages = fedavg_by_task(
+                [self.client_states[rep.client.site_id] for rep in ok],
+                [rep.client.task for rep in ok],
+                [max(rep.metrics.get("num-examples", 1), 1) for rep in ok],
+            )
+            # FedAvgM / FedAdam / FedYogi step from the previous global (drift.server_optimizer).
             self.task_states.update(
-                fedavg_by_task(
-                    [self.client_states[rep.client.site_id] for rep in ok],
-                    [rep.client.task for rep in ok],
-                    [max(rep.metrics.get("num-examples", 1), 1) for rep in ok],
-                )
+                {
+                    t: self.server_optimizer.step(t, self.task_states[t], a)
+                    for t, a in averages.items()
+                }
             )
             self.client_states.clear()
 
@@ -401,8 +408,10 @@ class Federation:
                     f"[yellow]round {r}: {task} not aggregated: fewer than the minimum of its "
                     "sites answered every secure-aggregation stage[/]"
                 )
-            else:
-                self.task_states[task] = state
+            else:  # FedAvgM / FedAdam / FedYogi compose with the secure average
+                self.task_states[task] = self.server_optimizer.step(
+                    task, self.task_states[task], state
+                )
         return late
 
     # ---- messages --------------------------------------------------------------------------
@@ -522,6 +531,7 @@ class Federation:
                 "config": self.cfg.model_dump(),
                 "body": self.body.state_dict(),
                 "task_states": self.task_states,
+                "server_optimizer": self.server_optimizer,
                 "client_states": self.client_states,
                 "reply_states": self.reply_states,
                 "history": [h.to_json() for h in self.history],
@@ -549,6 +559,7 @@ class Federation:
     def _restore(self, ckpt: dict[str, Any]) -> None:
         self.body.load_state_dict(ckpt["body"])
         self.task_states = ckpt["task_states"]
+        self.server_optimizer = ckpt.get("server_optimizer", self.server_optimizer)
         self.client_states = ckpt["client_states"]
         self.history = [RoundRecord.from_json(h) for h in ckpt["history"]]
         self.recorder.run_id = ckpt.get("store_run")

@@ -221,6 +221,34 @@ class ScheduleConfig(FestaModel):
         return round_number % self.unify_every == 0 or round_number == total_rounds
 
 
+class DriftConfig(FestaModel):
+    """Client-drift remedies for label-skewed federations (BENCHMARKS.md, "client drift").
+
+    Client side (`festa.shared.train.drift`): `logit_adjustment` tau trains the classifier on
+    `logits + tau * log(local class prior)` (balanced softmax / FedLC); `proximal_mu` adds
+    FedProx's `mu / 2 * ||w - w_global||^2`; `client_optimizer = "persist"` keeps each site's
+    AdamW state across rounds instead of a fresh optimizer every round. Server side
+    (`festa.server.server_optimizer`): FedAvgM / FedAdam / FedYogi on each task's head/tail,
+    with Flower's strategy math; `server_lr` is FedAvgM's server learning rate or FedAdam's eta.
+    "persist" keeps the state in the client's process: reliable in-process and in a deployed
+    site, best effort in Flower's simulation (a virtual node may run in another Ray actor).
+    """
+
+    logit_adjustment: float = Field(
+        1.0,
+        ge=0,
+        description="tau; 0: plain cross-entropy. Default 1 (balanced softmax): under the "
+        "default Dirichlet 0.5 skew plain FedAvg leaves classification at AUC 0.58",
+    )
+    proximal_mu: float = Field(0.0, ge=0, description="FedProx mu; 0: off")
+    client_optimizer: Literal["fresh", "persist"] = "fresh"
+    server_optimizer: Literal["fedavg", "fedavgm", "fedadam", "fedyogi"] = "fedavg"
+    server_lr: float = Field(1.0, gt=0)
+    server_momentum: float = Field(0.9, ge=0, lt=1, description="FedAvgM momentum / Adam beta1")
+    server_beta2: float = Field(0.99, ge=0, lt=1, description="FedAdam / FedYogi beta2")
+    server_tau: float = Field(1e-3, gt=0, description="FedAdam / FedYogi adaptivity")
+
+
 class FaultInjection(FestaModel):
     """Chaos testing of simulations: the client at `site` fails in `round` after `after_steps`
     batches, as a hospital whose node crashes mid-round would. Off when `site` is empty."""
@@ -246,6 +274,7 @@ class FederationConfig(FestaModel):
     optim: OptimConfig = OptimConfig(lr=1e-3, batch_size=16)
     data: DataConfig = DataConfig(train_size=1200, val_size=200)
     schedule: ScheduleConfig = ScheduleConfig()
+    drift: DriftConfig = DriftConfig()
     tasks: TaskNames = Field(default_factory=registered_tasks)
     clients: int = Field(6, ge=1, description="clients in a simulation (deployment: the sites)")
     partition: str = Field(

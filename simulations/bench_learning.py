@@ -24,7 +24,7 @@ import torch
 from festa.shared.config import CentralConfig, FederationConfig, OptimConfig
 from festa.shared.tasks import primary_metric
 from festa.shared.train.central import train_central
-from simulations.report import publish
+from festa.simulations.benchmark_table import publish
 
 
 def federation_record(run: Path) -> tuple[FederationConfig, list[dict[str, Any]], float]:
@@ -55,10 +55,47 @@ def time_to_reach(rounds: list[dict[str, Any]], task: str, target: float) -> flo
     return None
 
 
+def central_config(cfg: FederationConfig, epochs: int, seed: int) -> CentralConfig:
+    """The centralized yardstick of federation `cfg`: same model, data, tasks, lr, batch size."""
+    return CentralConfig(
+        model=cfg.model,
+        optim=OptimConfig(
+            lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, batch_size=cfg.optim.batch_size
+        ),
+        data=cfg.data,
+        tasks=list(cfg.tasks),
+        epochs=epochs,
+        seed=seed,
+    )
+
+
+def finished_central_run(folders: list[Path], wanted: CentralConfig) -> dict[str, Any]:
+    """The summary of the `festa train-central` run among `folders` whose config is `wanted`
+    (trained beforehand, e.g. while the federation ran); ValueError if none matches."""
+    for folder in folders:
+        summary = json.loads((folder / "summary.json").read_text())
+        if _comparable(summary["config"]) == _comparable(wanted.model_dump()):
+            return summary
+    raise ValueError(f"no central run in {[str(f) for f in folders]} has the config {wanted}")
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    # train-central fills in the class names it read from the data; the rest must agree.
+    model = {k: v for k, v in config["model"].items() if not k.endswith("class_names")}
+    return {**config, "model": model, "device": None}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fed-run", type=Path, required=True, help="a finished simulate run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="central seeds")
+    parser.add_argument(
+        "--central-run",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="finished train-central folders to use instead of training (matched by config)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -68,18 +105,10 @@ def main() -> None:
     epochs = max(1, math.ceil(max(seen.values()) / train_images))
     central_runs = []
     for seed in args.seeds:
-        central_cfg = CentralConfig(
-            model=cfg.model,
-            optim=OptimConfig(
-                lr=cfg.optim.lr,
-                weight_decay=cfg.optim.weight_decay,
-                batch_size=cfg.optim.batch_size,
-            ),
-            data=cfg.data,
-            tasks=list(cfg.tasks),
-            epochs=epochs,
-            seed=seed,
-        )
+        central_cfg = central_config(cfg, epochs, seed)
+        if args.central_run:
+            central_runs.append(finished_central_run(args.central_run, central_cfg))
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             central_runs.append(train_central(central_cfg, tmp))
     central_wall = statistics.mean(r["wall_seconds"] for r in central_runs)
@@ -105,7 +134,9 @@ def main() -> None:
             ]
         )
         if task == "detection":
-            lesion_c = statistics.mean(r["final"][task].get("ap_1", float("nan")) for r in central_runs)
+            lesion_c = statistics.mean(
+                r["final"][task].get("ap_1", float("nan")) for r in central_runs
+            )
             lesion_f = rounds[-1]["tasks"][task].get("ap_1", float("nan"))
             rows.append(
                 [task, "lesion ap_1", "", "", lesion_c, "-", lesion_f, lesion_f - lesion_c, "", ""]
@@ -113,7 +144,8 @@ def main() -> None:
     publish(
         "Federation vs centralized at the same budget",
         f"python -m festa.simulations.bench_learning --fed-run {args.fed_run} --seeds "
-        + " ".join(map(str, args.seeds)),
+        + " ".join(map(str, args.seeds))
+        + (" --central-run " + " ".join(map(str, args.central_run)) if args.central_run else ""),
         [
             "task",
             "metric",

@@ -80,6 +80,29 @@ def simulate(
         Path | None,
         typer.Option(help="federation file (TOML): each site's data and task (one client each)"),
     ] = None,
+    logit_adjustment: Annotated[
+        float | None,
+        typer.Option(
+            help="client-drift remedy: classification trains on logits + tau x log(local "
+            "class prior) (balanced softmax / FedLC); 0: plain cross-entropy"
+        ),
+    ] = None,
+    proximal_mu: Annotated[
+        float | None, typer.Option(help="FedProx proximal term mu on heads/tails (0: off)")
+    ] = None,
+    client_optimizer: Annotated[
+        str | None, typer.Option(help="fresh | persist: each site's AdamW state across rounds")
+    ] = None,
+    server_optimizer: Annotated[
+        str | None,
+        typer.Option(help="fedavg | fedavgm | fedadam | fedyogi on each task's head/tail"),
+    ] = None,
+    server_lr: Annotated[
+        float | None, typer.Option(help="FedAvgM server learning rate / FedAdam-FedYogi eta")
+    ] = None,
+    server_momentum: Annotated[
+        float | None, typer.Option(help="FedAvgM momentum / FedAdam-FedYogi beta1")
+    ] = None,
     image_size: Annotated[int | None, typer.Option(help="image side in pixels")] = None,
     preset: Annotated[str, typer.Option(help="model size: tiny or base")] = "tiny",
     seed: Annotated[int | None, typer.Option(help="random seed")] = None,
@@ -136,6 +159,15 @@ def simulate(
             merged["data"] = {**merged["data"], "source": data}
             if data != "phantoms" and partition is None:
                 merged["partition"] = "natural"
+        drift = dict(
+            logit_adjustment=logit_adjustment,
+            proximal_mu=proximal_mu,
+            client_optimizer=client_optimizer,
+            server_optimizer=server_optimizer,
+            server_lr=server_lr,
+            server_momentum=server_momentum,
+        )
+        merged["drift"] = {**merged["drift"], **{k: v for k, v in drift.items() if v is not None}}
         if image_size is not None:
             merged["model"] = {**merged["model"], "image_size": image_size}
         if federation is not None:

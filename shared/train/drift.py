@@ -1,0 +1,69 @@
+"""Client-side remedies for client drift under label skew (`FederationConfig.drift`).
+
+- **Logit adjustment** (balanced softmax, the calibration of FedLC, Zhang et al., ICML 2022):
+  a client trains its classifier on `logits + tau * log(prior)`, `prior` its own class
+  frequencies; at inference the plain logits are used. A site that sees one class 100 times
+  and another 5 times no longer learns that prior into its tail, so the averaged tail is not
+  pulled towards whichever site dominated the last steps.
+- **Proximal term** (FedProx, Li et al., MLSys 2020): `mu / 2 * ||w - w_round_start||^2` added
+  to the local objective, i.e. `mu * (w - w0)` added to each gradient before the optimizer step.
+
+Server-side remedies (server momentum, FedAdam, FedYogi) live in
+`festa.server.server_optimizer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+LossFn = Callable[[Any, dict[str, Any]], torch.Tensor]
+
+
+def log_class_prior(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """log of the class frequencies in `labels`, Laplace-smoothed so an absent class has a
+    finite (very negative) log prior: log((n_c + 1) / (N + C))."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}), got {labels.min()}..{labels.max()}"
+        )
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    return torch.tensor(np.log((counts + 1.0) / (counts.sum() + num_classes)), dtype=torch.float32)
+
+
+def logit_adjusted_loss(log_prior: torch.Tensor, tau: float) -> LossFn:
+    """Cross-entropy of `logits + tau * log_prior` against `batch["label"]` (balanced softmax
+    at tau = 1); tau = 0 is plain cross-entropy."""
+    if tau < 0:
+        raise ValueError(f"logit adjustment tau must be >= 0, got {tau}")
+    shift = tau * log_prior
+
+    def loss(outputs: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        return F.cross_entropy(outputs + shift.to(outputs.device, outputs.dtype), batch["label"])
+
+    return loss
+
+
+def add_proximal_term(
+    optimizer: torch.optim.Optimizer, params: Iterable[torch.nn.Parameter], mu: float
+) -> None:
+    """Make every `optimizer.step()` see `grad + mu * (w - w0)`, w0 the weights now (the round's
+    global model): the gradient of FedProx's `mu / 2 * ||w - w0||^2`. mu = 0 does nothing."""
+    if mu < 0:
+        raise ValueError(f"proximal mu must be >= 0, got {mu}")
+    if mu == 0:
+        return
+    anchors = [(p, p.detach().clone()) for p in params]
+
+    def pre_step(_optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+        with torch.no_grad():
+            for p, w0 in anchors:
+                if p.grad is not None:
+                    p.grad.add_(p - w0, alpha=mu)
+
+    optimizer.register_step_pre_hook(pre_step)
