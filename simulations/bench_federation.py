@@ -257,6 +257,62 @@ def bench_accuracy(
     return rows, [f"{t} {k}" for t, k in columns]
 
 
+def evaluated_models(work: Path, method: str, seed: int) -> list[Path]:
+    """What `festa evaluate` scores for one method and seed: the festa run folder, or the
+    baseline's export folders (one per site, per task or one)."""
+    if method == "festa":
+        run = work / f"festa-seed{seed}"
+        return [run] if (run / "summary.json").exists() else []
+    return sorted(p for p in (work / f"{method}-seed{seed}" / "export").glob("*") if p.is_dir())
+
+
+def evaluate_methods(
+    work: Path, data: str, split: str, seeds: list[int], methods: list[str], tasks: list[str]
+) -> tuple[list[list], list[str]]:
+    """`festa evaluate`'s report (`evaluate_model`, bootstrap 95 % CI over images) for every
+    finished run; rows: method x task primary metric, mean ± std over seeds (a method with one
+    model per site: mean over its site models first) and seed 0's interval."""
+    from festa.shared.inference.evaluation import evaluate_model, evaluation_data
+    from festa.shared.inference.trained_model import load_trained_model
+
+    values: dict[tuple[str, str], list[float]] = {}
+    first_ci: dict[tuple[str, str], str] = {}
+    for method in methods:
+        for seed in seeds:
+            per_task: dict[str, list[dict]] = {}
+            for path in evaluated_models(work, method, seed):
+                report_path = work / f"eval-{method}-seed{seed}-{path.name}.json"
+                if report_path.exists():
+                    report = json.loads(report_path.read_text())
+                else:
+                    model = load_trained_model(path)
+                    report = evaluate_model(model, evaluation_data(model, data, split), seed=0)
+                    report_path.write_text(json.dumps(report))
+                for task, entry in report["tasks"].items():
+                    if "overall" in entry:
+                        per_task.setdefault(task, []).append(
+                            entry["overall"][entry["primary_metric"]]
+                        )
+            for task, metrics in per_task.items():
+                mean = sum(m["value"] for m in metrics) / len(metrics)
+                values.setdefault((method, task), []).append(mean)
+                if len(metrics) == 1 and (method, task) not in first_ci:
+                    m = metrics[0]
+                    lo, hi = m.get("ci95", [float("nan")] * 2)
+                    first_ci[(method, task)] = f"[{lo:.3f}, {hi:.3f}]"
+    rows = [
+        [
+            METHODS[m],
+            *(
+                f"{mean_std(values.get((m, t), []))} {first_ci.get((m, t), '')}".strip()
+                for t in tasks
+            ),
+        ]
+        for m in methods
+    ]
+    return rows, [f"{t} {primary_metric(t)}" for t in tasks]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -272,6 +328,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default=None, help="data folder of the federation file")
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--preset", default="tiny")
+    parser.add_argument(
+        "--evaluate", default=None, help="score the finished runs with festa evaluate on this split"
+    )
     parser.add_argument("--skip", default="", help="comma-separated: traffic, overhead, accuracy")
     parser.add_argument(
         "--threads", type=int, default=2, help="torch threads of the centralized trainer"
@@ -336,6 +395,27 @@ def main(argv: list[str] | None = None) -> None:
                 f"{base.local_steps} local steps x {base.rounds} rounds, seeds {seeds} (mean ± std over "
                 f"seeds). festa on the {args.engine} engine (same round loop as Flower's). Each method's "
                 "metric: mean of its sites' validation metrics, weighted by val size."
+            ),
+            machine=machine,
+        )
+    if args.evaluate:
+        from festa.client.site_data import config_for_data
+
+        seeds = [int(x) for x in args.seeds.split(",") if x]
+        methods = [m for m in args.methods.split(",") if m]
+        tasks = list(config_for_data(base).tasks)
+        rows, names = evaluate_methods(work, base.data.source, args.evaluate, seeds, methods, tasks)
+        publish(
+            f"festa evaluate on the {args.evaluate} split: festa vs centralized vs local-only vs "
+            f"plain FedAvg ({base.model.image_size} px, {args.preset})",
+            command,
+            ["method", *names],
+            rows,
+            notes=(
+                "Every finished run scored by `festa evaluate`'s report (`evaluate_model`: all "
+                f"{args.evaluate} images carrying the task's labels, 200 bootstrap resamples). Cell: "
+                "mean ± std over seeds of the overall metric, and in brackets seed 0's 95 % interval "
+                "over images (methods with one model per site: mean of the site models, no interval)."
             ),
             machine=machine,
         )
