@@ -200,14 +200,17 @@ def metric_columns(tasks: list[str]) -> list[tuple[str, str]]:
 
 
 def accuracy_run(
-    base: FederationConfig, method: str, seed: int, work: Path, engine: str
-) -> dict[str, dict[str, float]]:
-    """Final per-task validation metrics of one method and seed (cached in `work`)."""
+    base: FederationConfig, method: str, seed: int, work: Path, engine: str, run: bool = True
+) -> dict[str, dict[str, float]] | None:
+    """Final per-task validation metrics of one method and seed (cached in `work`); None when
+    it has not run and `run` is False."""
     cfg = base.model_copy(update={"seed": seed})
     folder = work / f"{method}-seed{seed}"
     result_path = work / f"{method}-seed{seed}.result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
+    if not run:
+        return None
     if method == "festa":
         final = simulate(cfg, folder, engine)["final"]
     else:
@@ -228,7 +231,12 @@ def mean_std(values: list[float]) -> str:
 
 
 def bench_accuracy(
-    base: FederationConfig, work: Path, seeds: list[int], methods: list[str], engine: str
+    base: FederationConfig,
+    work: Path,
+    seeds: list[int],
+    methods: list[str],
+    engine: str,
+    run: bool = True,
 ) -> tuple[list[list], list[str]]:
     """Rows of method x (task, metric) as mean ± std over `seeds`; missing runs are skipped."""
     from festa.client.site_data import config_for_data
@@ -238,8 +246,10 @@ def bench_accuracy(
     results: dict[str, list[dict]] = {m: [] for m in methods}
     for seed in seeds:  # seed-major: an interrupted benchmark still has whole seeds
         for method in methods:
-            results[method].append(accuracy_run(base, method, seed, work, engine))
-            print(f"done {method} seed {seed}: {results[method][-1]}", flush=True)
+            final = accuracy_run(base, method, seed, work, engine, run)
+            if final is not None:
+                results[method].append(final)
+                print(f"done {method} seed {seed}: {final}", flush=True)
     ap_keys = sorted(
         {k for fs in results.values() for f in fs for k in f.get("detection", {}) if "ap_" in k}
     )
@@ -329,6 +339,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--preset", default="tiny")
     parser.add_argument(
+        "--tabulate", action="store_true", help="accuracy: only tabulate the runs already finished"
+    )
+    parser.add_argument(
         "--evaluate", default=None, help="score the finished runs with festa evaluate on this split"
     )
     parser.add_argument("--skip", default="", help="comma-separated: traffic, overhead, accuracy")
@@ -382,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
     if "accuracy" not in skip:
         seeds = [int(x) for x in args.seeds.split(",") if x]
         methods = [m for m in args.methods.split(",") if m]
-        rows, names = bench_accuracy(base, work, seeds, methods, args.engine)
+        rows, names = bench_accuracy(base, work, seeds, methods, args.engine, run=not args.tabulate)
         data = f"federation {args.federation.name}" if args.federation else "phantoms, non-IID"
         publish(
             f"Accuracy: festa vs centralized vs local-only vs plain FedAvg ({data}, "
