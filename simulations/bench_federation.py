@@ -277,7 +277,13 @@ def evaluated_models(work: Path, method: str, seed: int) -> list[Path]:
 
 
 def evaluate_methods(
-    work: Path, data: str, split: str, seeds: list[int], methods: list[str], tasks: list[str]
+    work: Path,
+    data: str,
+    split: str,
+    seeds: list[int],
+    methods: list[str],
+    tasks: list[str],
+    run: bool = True,
 ) -> tuple[list[list], list[str]]:
     """`festa evaluate`'s report (`evaluate_model`, bootstrap 95 % CI over images) for every
     finished run; rows: method x task primary metric, mean ± std over seeds (a method with one
@@ -294,6 +300,8 @@ def evaluate_methods(
                 report_path = work / f"eval-{method}-seed{seed}-{path.name}.json"
                 if report_path.exists():
                     report = json.loads(report_path.read_text())
+                elif not run:  # --tabulate: what was scored so far
+                    continue
                 else:
                     model = load_trained_model(path)
                     report = evaluate_model(model, evaluation_data(model, data, split), seed=0)
