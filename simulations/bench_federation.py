@@ -296,12 +296,13 @@ def evaluate_methods(
     for method in methods:
         for seed in seeds:
             per_task: dict[str, list[dict]] = {}
-            for path in evaluated_models(work, method, seed):
-                report_path = work / f"eval-{method}-seed{seed}-{path.name}.json"
+            models = evaluated_models(work, method, seed)
+            reports = [work / f"eval-{method}-seed{seed}-{p.name}.json" for p in models]
+            if not run and not all(r.exists() for r in reports):
+                continue  # --tabulate: only (method, seed)s with every model scored
+            for path, report_path in zip(models, reports, strict=True):
                 if report_path.exists():
                     report = json.loads(report_path.read_text())
-                elif not run:  # --tabulate: what was scored so far
-                    continue
                 else:
                     model = load_trained_model(path)
                     report = evaluate_model(model, evaluation_data(model, data, split), seed=0)
