@@ -20,15 +20,22 @@ from pathlib import Path
 
 import torch
 
-from festa.shared.config import CentralConfig, DataConfig, FederationConfig, ScheduleConfig
+from festa.shared.config import (
+    CentralConfig,
+    DataConfig,
+    FederationConfig,
+    ScheduleConfig,
+    model_preset,
+)
 from festa.shared.tasks import primary_metric
 from festa.simulations.benchmark_table import machine_line, publish
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def simulate(cfg: FederationConfig, out: Path) -> dict:
-    """Run `festa simulate` on `cfg` in a subprocess; return its summary and round records."""
+def simulate(cfg: FederationConfig, out: Path, engine: str = "flower") -> dict:
+    """Run `festa simulate` on `cfg` in a subprocess (`engine`: flower or inprocess); return
+    its summary and round records."""
     config_path = out.parent / f"{out.name}.json"
     if (
         (out / "summary.json").exists()
@@ -53,6 +60,8 @@ def simulate(cfg: FederationConfig, out: Path) -> dict:
         str(out),
         "--store",
         str(out.parent / "bench.db"),
+        "--engine",
+        engine,
     ]
     result = subprocess.run(
         cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -176,51 +185,174 @@ def bench_overhead(base: FederationConfig, work: Path, threads: int) -> list[lis
     ]
 
 
-def bench_accuracy(base: FederationConfig, work: Path, festa_summary: dict | None) -> list[list]:
-    from rich.console import Console
+METHODS = {
+    "festa": "festa (split, sync, fp32)",
+    "central": "centralized (pooled sites, same batches per task)",
+    "local": "local-only (mean over sites)",
+    "fedavg": "plain FedAvg (whole model per task)",
+}
 
-    from festa.shared.train.central import train_central
-    from festa.simulations.baselines import run_baseline
 
-    rows = []
-    if festa_summary is None:
-        festa_summary = simulate(base, work / "accuracy-festa")
-    rows.append(["festa (sync, fp32)", *(primary(festa_summary["final"], t) for t in base.tasks)])
-    # Centralized: the pooled training set, about the same number of examples seen per task.
-    steps_per_task = base.rounds * base.local_steps * (base.clients // len(base.tasks))
-    epochs = max(1, round(steps_per_task * base.optim.batch_size / base.data.train_size))
-    central = train_central(
-        CentralConfig(
-            model=base.model,
-            optim=base.optim,
-            tasks=base.tasks,
-            epochs=epochs,
-            seed=base.seed,
-            data=base.data,
-        ),
-        work / "accuracy-central",
-        console=Console(quiet=True),
+def metric_columns(tasks: list[str]) -> list[tuple[str, str]]:
+    """(task, metric key) of every reported number: AUC, Dice, mAP@0.5 and each box class's AP."""
+    keys = {"classification": ["auc"], "segmentation": ["dice"], "detection": ["map50"]}
+    return [(t, k) for t in tasks for k in keys.get(t, [primary_metric(t)])]
+
+
+def accuracy_run(
+    base: FederationConfig, method: str, seed: int, work: Path, engine: str, run: bool = True
+) -> dict[str, dict[str, float]] | None:
+    """Final per-task validation metrics of one method and seed (cached in `work`); None when
+    it has not run and `run` is False."""
+    cfg = base.model_copy(update={"seed": seed})
+    folder = work / f"{method}-seed{seed}"
+    result_path = work / f"{method}-seed{seed}.result.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    if not run:
+        return None
+    if method == "festa":
+        final = simulate(cfg, folder, engine)["final"]
+    else:
+        from festa.simulations.baselines import run_baseline
+
+        final = run_baseline(cfg, method, export_to=folder / "export")["final"]
+    result_path.write_text(json.dumps(final))
+    return final
+
+
+def mean_std(values: list[float]) -> str:
+    values = [v for v in values if v == v]
+    if not values:
+        return "-"
+    t = torch.tensor(values, dtype=torch.float64)
+    spread = float(t.std()) if len(values) > 1 else 0.0
+    return f"{float(t.mean()):.3f} ± {spread:.3f} (n={len(values)})"
+
+
+def bench_accuracy(
+    base: FederationConfig,
+    work: Path,
+    seeds: list[int],
+    methods: list[str],
+    engine: str,
+    run: bool = True,
+) -> tuple[list[list], list[str]]:
+    """Rows of method x (task, metric) as mean ± std over `seeds`; missing runs are skipped."""
+    from festa.client.site_data import config_for_data
+
+    tasks = list(config_for_data(base).tasks)
+    columns = metric_columns(tasks)
+    results: dict[str, list[dict]] = {m: [] for m in methods}
+    for seed in seeds:  # seed-major: an interrupted benchmark still has whole seeds
+        for method in methods:
+            final = accuracy_run(base, method, seed, work, engine, run)
+            if final is not None:
+                results[method].append(final)
+                print(f"done {method} seed {seed}: {final}", flush=True)
+    ap_keys = sorted(
+        {k for fs in results.values() for f in fs for k in f.get("detection", {}) if "ap_" in k}
     )
-    rows.append(
+    columns += [("detection", k) for k in ap_keys]
+    rows = [
         [
-            f"centralized ({epochs} epochs on the pooled data)",
-            *(central["primary"][t] for t in base.tasks),
+            METHODS[m],
+            *(
+                mean_std([f.get(t, {}).get(k, float("nan")) for f in results[m]])
+                for t, k in columns
+            ),
         ]
-    )
-    for kind, label in (
-        ("local", "local-only (mean over clients)"),
-        ("fedavg", "plain FedAvg (whole model per task)"),
-    ):
-        result = run_baseline(base, kind)
-        rows.append([label, *(primary(result["final"], t) for t in base.tasks)])
-    return rows
+        for m in methods
+    ]
+    return rows, [f"{t} {k}" for t, k in columns]
+
+
+def evaluated_models(work: Path, method: str, seed: int) -> list[Path]:
+    """What `festa evaluate` scores for one method and seed: the festa run folder, or the
+    baseline's export folders (one per site, per task or one)."""
+    if method == "festa":
+        run = work / f"festa-seed{seed}"
+        return [run] if (run / "summary.json").exists() else []
+    return sorted(p for p in (work / f"{method}-seed{seed}" / "export").glob("*") if p.is_dir())
+
+
+def evaluate_methods(
+    work: Path,
+    data: str,
+    split: str,
+    seeds: list[int],
+    methods: list[str],
+    tasks: list[str],
+    run: bool = True,
+) -> tuple[list[list], list[str]]:
+    """`festa evaluate`'s report (`evaluate_model`, bootstrap 95 % CI over images) for every
+    finished run; rows: method x task primary metric, mean ± std over seeds (a method with one
+    model per site: mean over its site models first) and seed 0's interval."""
+    from festa.shared.inference.evaluation import evaluate_model, evaluation_data
+    from festa.shared.inference.trained_model import load_trained_model
+
+    values: dict[tuple[str, str], list[float]] = {}
+    first_ci: dict[tuple[str, str], str] = {}
+    for method in methods:
+        for seed in seeds:
+            per_task: dict[str, list[dict]] = {}
+            models = evaluated_models(work, method, seed)
+            reports = [work / f"eval-{method}-seed{seed}-{p.name}.json" for p in models]
+            if not run and not all(r.exists() for r in reports):
+                continue  # --tabulate: only (method, seed)s with every model scored
+            for path, report_path in zip(models, reports, strict=True):
+                if report_path.exists():
+                    report = json.loads(report_path.read_text())
+                else:
+                    model = load_trained_model(path)
+                    report = evaluate_model(model, evaluation_data(model, data, split), seed=0)
+                    report_path.write_text(json.dumps(report))
+                for task, entry in report["tasks"].items():
+                    if "overall" in entry:
+                        per_task.setdefault(task, []).append(
+                            entry["overall"][entry["primary_metric"]]
+                        )
+            for task, metrics in per_task.items():
+                mean = sum(m["value"] for m in metrics) / len(metrics)
+                values.setdefault((method, task), []).append(mean)
+                if len(metrics) == 1 and (method, task) not in first_ci:
+                    m = metrics[0]
+                    lo, hi = m.get("ci95", [float("nan")] * 2)
+                    first_ci[(method, task)] = f"[{lo:.3f}, {hi:.3f}]"
+    rows = [
+        [
+            METHODS[m],
+            *(
+                f"{mean_std(values.get((m, t), []))} {first_ci.get((m, t), '')}".strip()
+                for t in tasks
+            ),
+        ]
+        for m in methods
+    ]
+    return rows, [f"{t} {primary_metric(t)}" for t in tasks]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=None, help="default: FederationConfig's")
+    parser.add_argument("--local-steps", type=int, default=None)
+    parser.add_argument("--seeds", default="0,1,2", help="accuracy: comma-separated seeds")
+    parser.add_argument(
+        "--methods", default=",".join(METHODS), help="accuracy: " + ",".join(METHODS)
+    )
+    parser.add_argument("--engine", default="inprocess", help="festa runs: inprocess or flower")
+    parser.add_argument("--federation", type=Path, default=None, help="federation file (TOML)")
+    parser.add_argument("--data", default=None, help="data folder of the federation file")
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument(
+        "--tabulate", action="store_true", help="accuracy: only tabulate the runs already finished"
+    )
+    parser.add_argument(
+        "--evaluate", default=None, help="score the finished runs with festa evaluate on this split"
+    )
     parser.add_argument("--skip", default="", help="comma-separated: traffic, overhead, accuracy")
     parser.add_argument(
         "--threads", type=int, default=2, help="torch threads of the centralized trainer"
@@ -230,15 +362,13 @@ def main(argv: list[str] | None = None) -> None:
     skip = set(filter(None, args.skip.split(",")))
     torch.set_num_threads(1)  # the in-process baselines share the cores with simulations
     work = args.work or Path(tempfile.mkdtemp(prefix="festa-bench-"))
-    base = FederationConfig(rounds=args.rounds, degrade="none", restore="none")
+    base = base_config(args)
     command = "python -m festa.simulations.bench_federation " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
     machine = machine_line()
-    festa_fp32 = None
     if "traffic" not in skip:
         rows = bench_traffic(base, work)
-        festa_fp32 = simulate_summary(work / "traffic-fp32-plain")
         publish(
             "Federation traffic per wire dtype (festa simulate defaults, 6 clients, 3 tasks)",
             command,
@@ -272,20 +402,63 @@ def main(argv: list[str] | None = None) -> None:
             machine=machine,
         )
     if "accuracy" not in skip:
-        rows = bench_accuracy(base, work, festa_fp32)
+        seeds = [int(x) for x in args.seeds.split(",") if x]
+        methods = [m for m in args.methods.split(",") if m]
+        rows, names = bench_accuracy(base, work, seeds, methods, args.engine, run=not args.tabulate)
+        data = f"federation {args.federation.name}" if args.federation else "phantoms, non-IID"
         publish(
-            "Accuracy: festa vs centralized vs local-only vs plain FedAvg (phantoms, non-IID)",
+            f"Accuracy: festa vs centralized vs local-only vs plain FedAvg ({data}, "
+            f"{base.model.image_size} px, {args.preset})",
             command,
-            ["method", *(f"{t} {primary_metric(t)}" for t in base.tasks)],
+            ["method", *names],
             rows,
             notes=(
-                f"Same partition (Dirichlet 0.5 over 6 clients, 2 per task), batch {base.optim.batch_size}, "
-                f"{base.local_steps} local steps x {base.rounds} rounds. Local-only and FedAvg report the mean "
-                "of their clients' models on the shared phantom validation set."
+                f"Same sites ({base.federation or base.partition}), batch {base.optim.batch_size}, "
+                f"{base.local_steps} local steps x {base.rounds} rounds, seeds {seeds} (mean ± std over "
+                f"seeds). festa on the {args.engine} engine (same round loop as Flower's). Each method's "
+                "metric: mean of its sites' validation metrics, weighted by val size."
+            ),
+            machine=machine,
+        )
+    if args.evaluate:
+        from festa.client.site_data import config_for_data
+
+        seeds = [int(x) for x in args.seeds.split(",") if x]
+        methods = [m for m in args.methods.split(",") if m]
+        tasks = list(config_for_data(base).tasks)
+        rows, names = evaluate_methods(work, base.data.source, args.evaluate, seeds, methods, tasks)
+        publish(
+            f"festa evaluate on the {args.evaluate} split: festa vs centralized vs local-only vs "
+            f"plain FedAvg ({base.model.image_size} px, {args.preset})",
+            command,
+            ["method", *names],
+            rows,
+            notes=(
+                "Every finished run scored by `festa evaluate`'s report (`evaluate_model`: all "
+                f"{args.evaluate} images carrying the task's labels, 200 bootstrap resamples). Cell: "
+                "mean ± std over seeds of the overall metric, and in brackets seed 0's 95 % interval "
+                "over images (methods with one model per site: mean of the site models, no interval)."
             ),
             machine=machine,
         )
     print(f"work folder: {work}")
+
+
+def base_config(args: argparse.Namespace) -> FederationConfig:
+    """Today's `FederationConfig` defaults, without degradation, with the CLI's overrides."""
+    cfg = FederationConfig(model=model_preset(args.preset), degrade="none", restore="none")
+    update: dict = {}
+    if args.rounds:
+        update["rounds"] = args.rounds
+    if args.local_steps:
+        update["local_steps"] = args.local_steps
+    if args.image_size:
+        update["model"] = cfg.model.model_copy(update={"image_size": args.image_size})
+    if args.federation:
+        update["federation"] = str(args.federation.resolve())
+    if args.data:
+        update["data"] = cfg.data.model_copy(update={"source": args.data})
+    return cfg.model_copy(update=update)
 
 
 def simulate_summary(out: Path) -> dict:
