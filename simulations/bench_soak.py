@@ -47,6 +47,7 @@ from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
 
+from festa.client.service.journal import JOURNAL_NAME, connect, counts
 from festa.shared.config import FederationConfig, model_preset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -408,12 +409,13 @@ def _daemon_inputs(incoming: Path, r: int, seed: int) -> list[Path]:
 
 
 def _journal(state: Path) -> dict[str, int]:
-    db = state / "journal.sqlite3"
+    """The daemon journal's counts per status, read-only; {} before the daemon created it."""
+    db = state / JOURNAL_NAME
     if not db.exists():
         return {}
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    conn = connect(db, readonly=True)
     try:
-        return dict(conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+        return counts(conn)
     except sqlite3.OperationalError:
         return {}
     finally:
