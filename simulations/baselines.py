@@ -15,6 +15,7 @@ the same per-task validation metrics (mean over the task's sites' val rows, weig
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,9 +106,14 @@ def _pooled_loader(group: list[SiteData], cfg: FederationConfig, seed: int):
     )
 
 
-def _train_central(models: dict[str, FullModel], sites: dict[str, SiteData], cfg) -> None:
+def _train_central(
+    models: dict[str, FullModel], sites: dict[str, SiteData], cfg
+) -> list[dict[str, Any]]:
     """Pooled training: per round, each task trains (its clients) x local_steps batches of its
-    pooled data, tasks interleaved batch by batch, one AdamW over the shared body and all tails."""
+    pooled data, tasks interleaved batch by batch, one AdamW over the shared body and all tails.
+    Returns one record per round: {"round", "tasks": validation metrics after it, "seconds":
+    cumulative wall time of training up to it plus this round's evaluation}; the time spent on
+    the evaluations of earlier rounds is left out (the trainer needs only the last one)."""
     tasks = list(dict.fromkeys(s.task for s in sites.values()))
     groups = {t: [s for s in sites.values() if s.task == t] for t in tasks}
     by_task = {t: models[groups[t][0].site_id] for t in tasks}
@@ -116,7 +122,10 @@ def _train_central(models: dict[str, FullModel], sites: dict[str, SiteData], cfg
         list(params.values()), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
     )
     loaders = {t: _pooled_loader(groups[t], cfg, cfg.seed + i) for i, t in enumerate(tasks)}
-    for _ in range(cfg.rounds):
+    history: list[dict[str, Any]] = []
+    trained_s = 0.0
+    for r in range(1, cfg.rounds + 1):
+        started = time.perf_counter()
         streams = {t: cycle_batches(loaders[t], cfg.local_steps * len(groups[t])) for t in tasks}
         while streams:
             for t in list(streams):
@@ -128,10 +137,17 @@ def _train_central(models: dict[str, FullModel], sites: dict[str, SiteData], cfg
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+        trained_s += time.perf_counter() - started
+        started = time.perf_counter()
+        metrics = _evaluate(models, sites, cfg)
+        seconds = trained_s + time.perf_counter() - started
+        history.append({"round": r, "tasks": metrics, "seconds": seconds})
+    return history
 
 
 def run_baseline(cfg: FederationConfig, kind: str, export_to: Path | None = None) -> dict[str, Any]:
     """`kind` = `local`, `fedavg` or `central`; returns {"final": per-task metrics,
+    "history": per-round records (central only, see `_train_central`; [] otherwise),
     "bytes_per_client_round": int, "params": int}. With `export_to`, the trained models are
     written there as `festa export` folders (`festa evaluate` reads them): one per site
     (local), per task (fedavg: each task has its own body) or one for all tasks (central)."""
@@ -148,8 +164,9 @@ def run_baseline(cfg: FederationConfig, kind: str, export_to: Path | None = None
             for t in dict.fromkeys(s.task for s in sites.values())
         }
         models = {name: per_task[site.task] for name, site in sites.items()}
-        _train_central(models, sites, cfg)
+        history = _train_central(models, sites, cfg)
     else:
+        history = []
         models = {
             name: FullModel(site.task, cfg, initial[site.task]).to(cfg.device)
             for name, site in sites.items()
@@ -161,7 +178,8 @@ def run_baseline(cfg: FederationConfig, kind: str, export_to: Path | None = None
     # FedAvg moves the whole fp32 model down and up once per round; the others move nothing.
     traffic = 2 * 4 * params if kind == "fedavg" else 0
     return {
-        "final": _evaluate(models, sites, cfg),
+        "final": history[-1]["tasks"] if history else _evaluate(models, sites, cfg),
+        "history": history,
         "bytes_per_client_round": traffic,
         "params": params,
     }

@@ -216,9 +216,95 @@ def accuracy_run(
     else:
         from festa.simulations.baselines import run_baseline
 
-        final = run_baseline(cfg, method, export_to=folder / "export")["final"]
+        result = run_baseline(cfg, method, export_to=folder / "export")
+        final = result["final"]
+        if result["history"]:
+            history_path(work, method, seed).write_text(json.dumps(result["history"]))
     result_path.write_text(json.dumps(final))
     return final
+
+
+def history_path(work: Path, method: str, seed: int) -> Path:
+    return work / f"{method}-seed{seed}.history.json"
+
+
+def festa_history(run: Path) -> list[dict]:
+    """A festa run's rounds as {"round", "tasks", "seconds"}: seconds is the cumulative wall
+    time from the federation's start (its start-up before round 1 included) to the end of the
+    round (training and evaluation), from rounds.jsonl's per-round `seconds` and the summary's
+    `wall_seconds`."""
+    summary = _load(run)
+    records = summary["rounds_records"]
+    if not records:
+        raise ValueError(f"{run} has no rounds")
+    elapsed = summary["wall_seconds"] - sum(r["seconds"] for r in records)
+    history = []
+    for record in records:
+        elapsed += record["seconds"]
+        history.append({"round": record["round"], "tasks": record["tasks"], "seconds": elapsed})
+    return history
+
+
+def time_to_reach(history: list[dict], task: str, key: str, target: float) -> float | None:
+    """Seconds of the first round whose `task` `key` is >= `target` (higher is better for
+    every reported metric); None when no round reaches it."""
+    for record in history:
+        value = record["tasks"].get(task, {}).get(key)
+        if value is not None and value >= target:
+            return record["seconds"]
+    return None
+
+
+def time_to_accuracy(
+    fed: list[dict], central: list[dict], task: str, key: str
+) -> dict[str, float | None]:
+    """Issue 13's ratio on one task: the federation's wall time to first reach the centralized
+    trainer's final metric over the centralized trainer's wall time ("fed_to_central", None when
+    never reached), and the reverse: the centralized trainer's time to reach the federation's
+    final metric over the same denominator ("central_to_fed")."""
+    if not fed or not central:
+        raise ValueError("time to accuracy needs both histories, got an empty one")
+    central_s = central[-1]["seconds"]
+    fed_final = fed[-1]["tasks"][task][key]
+    central_final = central[-1]["tasks"][task][key]
+    to_central = time_to_reach(fed, task, key, central_final)
+    to_fed = time_to_reach(central, task, key, fed_final)
+    return {
+        "fed_final": fed_final,
+        "central_final": central_final,
+        "fed_seconds": fed[-1]["seconds"],
+        "central_seconds": central_s,
+        "fed_to_central": None if to_central is None else to_central / central_s,
+        "central_to_fed": None if to_fed is None else to_fed / central_s,
+    }
+
+
+def bench_time_to_accuracy(work: Path, seeds: list[int], tasks: list[str]) -> list[list]:
+    """Rows seed x task of festa vs centralized time to accuracy, for the seeds where both ran
+    in `work` (festa's run folder and central's history)."""
+    keys = {"classification": "auc", "segmentation": "dice", "detection": "map50"}
+    rows = []
+    for seed in seeds:
+        run, central_path = work / f"festa-seed{seed}", history_path(work, "central", seed)
+        if not (run / "summary.json").exists() or not central_path.exists():
+            continue
+        fed, central = festa_history(run), json.loads(central_path.read_text())
+        for task in tasks:
+            key = keys.get(task, primary_metric(task))
+            t = time_to_accuracy(fed, central, task, key)
+            rows.append(
+                [
+                    seed,
+                    f"{task} {key}",
+                    t["central_final"],
+                    t["fed_final"],
+                    t["central_seconds"],
+                    t["fed_seconds"],
+                    "not reached" if t["fed_to_central"] is None else f"{t['fed_to_central']:.2f}x",
+                    "not reached" if t["central_to_fed"] is None else f"{t['central_to_fed']:.2f}x",
+                ]
+            )
+    return rows
 
 
 def mean_std(values: list[float]) -> str:
@@ -417,6 +503,35 @@ def main(argv: list[str] | None = None) -> None:
                 f"{base.local_steps} local steps x {base.rounds} rounds, seeds {seeds} (mean ± std over "
                 f"seeds). festa on the {args.engine} engine (same round loop as Flower's). Each method's "
                 "metric: mean of its sites' validation metrics, weighted by val size."
+            ),
+            machine=machine,
+        )
+    if "accuracy" not in skip and {"festa", "central"} <= set(methods):
+        from festa.client.site_data import config_for_data
+
+        rows = bench_time_to_accuracy(work, seeds, list(config_for_data(base).tasks))
+        publish(
+            "Time to accuracy: festa vs centralized (same images, same examples seen)",
+            command,
+            [
+                "seed",
+                "task metric",
+                "central final",
+                "festa final",
+                "central wall s",
+                "festa wall s",
+                "festa to central's final / central wall",
+                "central to festa's final / central wall",
+            ],
+            rows,
+            notes=(
+                "Issue 13's time to accuracy, each seed's festa and central run back to back on this "
+                f"machine, festa on the {args.engine} engine, both 1 torch thread. festa wall s: from "
+                "the federation's start (start-up included) to the end of each round (training and "
+                "evaluation), from rounds.jsonl. central wall s: cumulative training time plus the "
+                "final evaluation (its per-round evaluations, made only to find when it reaches a "
+                "metric, are left out). Ratio: wall time to the first round at or above the other's "
+                "final metric / central's total wall time; goal <= 1.5x."
             ),
             machine=machine,
         )
