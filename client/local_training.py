@@ -25,6 +25,7 @@ from festa.shared.model.pipeline import PipelinedBodyLink, split_train_pipelined
 from festa.shared.model.split import BodyLink, GradTransform, permuted_body, split_train_step
 from festa.shared.model.token_noise import with_token_noise
 from festa.shared.privacy.label_protection import LabelGradientNoise, zero_gradient
+from festa.shared.privacy.update_dp import privatize_update
 from festa.shared.train.drift import add_proximal_term, log_class_prior, logit_adjusted_loss
 from festa.shared.train.task_model import TaskModel, cycle_batches, evaluate, make_loader, to_device
 
@@ -271,7 +272,13 @@ def train_instruction(
         metrics["bytes-sent"] = link.bytes_sent
         metrics["bytes-received"] = link.bytes_received
     metrics.update({f"restoration-{k}": v for k, v in site.restoration.items()})
-    return model.state_dict(), {k: float(v) for k, v in metrics.items()}
+    new_state = model.state_dict()
+    if cfg.dp_noise > 0:
+        # clipped + noised before it leaves the site (or enters secure aggregation)
+        received = {k: v.to(new_state[k].device) for k, v in state.items()}
+        # the pre-clip norm is not reported: in plaintext metrics it would leak past the noise
+        new_state, _ = privatize_update(new_state, received, cfg.dp_clip, cfg.dp_noise)
+    return new_state, {k: float(v) for k, v in metrics.items()}
 
 
 def evaluate_instruction(

@@ -47,6 +47,7 @@ from festa.shared.config import FederationConfig
 from festa.shared.fedavg import fedavg
 from festa.shared.model.body import Body
 from festa.shared.model.pipeline import staleness_lr_scale
+from festa.shared.privacy.update_dp import update_dp_spent
 from festa.shared.runinfo import append_jsonl, environment_info, seed_everything, write_json
 from festa.shared.tasks import primary_metric
 from festa.shared.train.task_model import TaskModel
@@ -212,6 +213,14 @@ class Federation:
                 state = "finished"
             summary = self._summary(clients)
             summary["state"] = state
+            if cfg.dp_noise > 0:
+                # (epsilon, delta) of the head/tail updates, festa.shared.privacy.update_dp
+                summary["dp"] = update_dp_spent(cfg, len(self.history))
+                self.console.print(
+                    f"DP of head/tail updates: epsilon {summary['dp']['epsilon']:.2f} at delta "
+                    f"{cfg.dp_delta:g} after {len(self.history)} rounds (noise {cfg.dp_noise}, "
+                    f"clip {cfg.dp_clip})"
+                )
             write_json(self.out / "summary.json", summary)
             return summary
         finally:

@@ -308,6 +308,15 @@ class FederationConfig(FestaModel):
         "seeds, festa.server.secure_aggregation): the server sees only each task's average; "
         "needs >= MIN_SECURE_GROUP sites per task. Deployments default to on",
     )
+    dp_noise: float = Field(
+        0.0,
+        ge=0,
+        description="differential privacy of head/tail updates: each site clips its update to "
+        "L2 norm dp_clip and adds Gaussian noise of std dp_noise x dp_clip before it leaves "
+        "(festa.shared.privacy.update_dp); 0: off. The run's (epsilon, dp_delta) is in its summary",
+    )
+    dp_clip: float = Field(1.0, gt=0, description="dp_noise > 0: L2 clipping norm of an update")
+    dp_delta: float = Field(1e-5, gt=0, lt=1, description="dp_noise > 0: the delta of (eps, delta)")
     pipeline_depth: int = Field(
         1,
         ge=1,

@@ -87,6 +87,7 @@ class LocalRound:
     grads: list[torch.Tensor]  # per step [B, N, D]
     labels: list[torch.Tensor]  # per step [B] (ground truth, never seen by the server)
     proportions: np.ndarray  # [C] true label mix of the site's training pool
+    states: tuple[dict, dict] | None = None  # the head/tail state (received, sent): for DP arms
 
 
 def observe_round(
@@ -103,6 +104,7 @@ def observe_round(
     model = TaskModel.build(site.task, cfg.model)
     model.load_state_dict(state)
     before = _last_bias(model)
+    received = copy.deepcopy(model.state_dict())
     link = CuriousBodyLink(copy.deepcopy(body), cfg.wire)
     train_round(cfg, site, model, link, round_number)
     # The same seeded loader order train_round used, to score the attack against the truth.
@@ -113,7 +115,10 @@ def observe_round(
         raise RuntimeError("loader order differs from the round's: cannot score the attack")
     site_labels = site.train.labels[site.train_indices]
     props = np.bincount(site_labels, minlength=cfg.model.num_classes) / len(site_labels)
-    return LocalRound(_last_bias(model) - before, link.outputs, link.grads, labels, props)
+    sent = copy.deepcopy(model.state_dict())
+    return LocalRound(
+        _last_bias(model) - before, link.outputs, link.grads, labels, props, (received, sent)
+    )
 
 
 # ---- the benchmark ------------------------------------------------------------------------

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from festa.shared.config import MIN_SECURE_GROUP as MIN_GROUP
 from festa.shared.config import FederationConfig
 from festa.shared.privacy import (
     cluster_gradients,
@@ -144,13 +145,16 @@ def cost_rows(models: dict[tuple[float, int], Trained], args: argparse.Namespace
     rows = []
     for noise in args.arms:
         auc, dice = metric(noise, "classification", "auc"), metric(noise, "segmentation", "dice")
+        d_auc = np.subtract(auc, base_auc)  # paired: the same seed's unprotected run
+        d_dice = np.subtract(dice, base_dice)
         rows.append(
             [
                 arm_name(noise),
                 _mean_sd(auc),
                 _mean_sd(dice),
-                f"{np.mean(auc) - np.mean(base_auc):+.3f}",
-                f"{np.mean(dice) - np.mean(base_dice):+.3f}",
+                f"{d_auc.mean():+.3f} ± {d_auc.std():.3f}",
+                f"{d_dice.mean():+.3f} ± {d_dice.std():.3f}",
+                " / ".join(f"{d:+.3f}" for d in d_auc),
             ]
         )
     return rows
@@ -234,6 +238,26 @@ def attack_rows(models: dict[tuple[float, int], Trained], args: argparse.Namespa
     return rows
 
 
+def group_attack(
+    cal_u: np.ndarray,
+    cal_m: np.ndarray,
+    updates: np.ndarray,
+    sizes: np.ndarray,
+    truth: np.ndarray,
+    group: int,
+) -> tuple[float, float]:
+    """(attack error, uniform-guess error) when the server sees only each group's size-weighted
+    mean update and guesses that group's mix for every member (the sites of whole groups only)."""
+    est = np.empty_like(truth)
+    for start in range(0, len(updates) - group + 1, group):
+        members = slice(start, start + group)
+        w = sizes[members] / sizes[members].sum()
+        mean_update = (updates[members] * w[:, None]).sum(0, keepdims=True)
+        est[members] = label_mix_attack(cal_u, cal_m, mean_update)
+    used = (len(updates) // group) * group
+    return float(np.abs(est[:used] - truth[:used]).mean()), uniform_mix_error(truth[:used])
+
+
 def label_mix_rows(base: Trained, args: argparse.Namespace) -> list[list]:
     """The tail-bias label-mix attack with and without secure aggregation (group means)."""
     from festa.client.site_data import SiteData, simulated_site
@@ -242,6 +266,7 @@ def label_mix_rows(base: Trained, args: argparse.Namespace) -> list[list]:
 
     cfg = base.cfg
     c = cfg.model.num_classes
+    args.model_cfg = cfg.model
     state = base.averaged["classification"]
     skew = FederationConfig.model_validate(
         {
@@ -277,20 +302,111 @@ def label_mix_rows(base: Trained, args: argparse.Namespace) -> list[list]:
         ]
     ]
     for group in args.group_sizes:
-        est = np.empty_like(truth)
-        for start in range(0, len(victims) - group + 1, group):
-            members = slice(start, start + group)
-            w = sizes[members] / sizes[members].sum()
-            mean_update = (updates[members] * w[:, None]).sum(0, keepdims=True)
-            est[members] = label_mix_attack(cal_u, cal_m, mean_update)
-        used = (len(victims) // group) * group
-        err = np.abs(est[:used] - truth[:used]).mean()
-        uniform = uniform_mix_error(truth[:used])
+        err, uniform = group_attack(cal_u, cal_m, updates, sizes, truth, group)
         rows.append(
             [
                 f"secure aggregation, groups of {group} (server sees the group mean)",
                 f"{err:.3f}",
                 f"{uniform:.3f}: {'MET' if err >= uniform - 0.005 else 'MISSED'}",
+            ]
+        )
+    rows += dp_label_mix_rows(args, calibration, victims, sizes, truth, c)
+    return rows
+
+
+def dp_label_mix_rows(
+    args: argparse.Namespace,
+    calibration: list,
+    victims: list,
+    sizes: np.ndarray,
+    truth: np.ndarray,
+    num_classes: int,
+) -> list[list]:
+    """The same attack when every site's head/tail update is clipped and noised
+    (`festa.shared.privacy.update_dp`, Flower's helpers) before secure aggregation; the attacker
+    knows the defence: it fits its map on public rounds that went through the same DP."""
+    from torch import nn
+
+    from festa.shared.privacy.update_dp import gaussian_epsilon, privatize_update
+    from festa.shared.train.task_model import TaskModel
+
+    if not args.dp_levels:
+        return []
+    model = TaskModel.build("classification", args.model_cfg)
+    linears = [n for n, m in model.tail.named_modules() if isinstance(m, nn.Linear)]
+    key = f"tail.{linears[-1]}.bias"  # the tail's last linear layer: what _last_bias reads
+    norms = [
+        float(
+            torch.sqrt(
+                sum(((s[k] - r[k]).double() ** 2).sum() for k in r if r[k].is_floating_point())
+            )
+        )
+        for r, s in (v.states for v in victims)
+    ]
+    clip = args.dp_clip = args.dp_clip or float(np.median(norms))
+    np.random.seed(args.seed_list[0])  # Flower's noise draws from numpy's global generator
+
+    def noised(rounds: list) -> np.ndarray:
+        out = []
+        for r in rounds:
+            received, sent = r.states
+            private, _ = privatize_update(sent, received, clip, z)
+            out.append((private[key] - received[key]).numpy())
+        return np.stack(out)
+
+    rows = []
+    cal_m = np.stack([r.proportions for r in calibration])
+    for z in args.dp_levels:
+        cal_u, updates = noised(calibration), noised(victims)
+        group = MIN_GROUP
+        err, uniform = group_attack(cal_u, cal_m, updates, sizes, truth, group)
+        per_site = np.abs(label_mix_attack(cal_u, cal_m, updates) - truth).mean()
+        eps = gaussian_epsilon(z, 1)
+        for name, e, u in (
+            ("FedAvg (each site's update)", per_site, uniform_mix_error(truth)),
+            (f"secure aggregation, groups of {group}", err, uniform),
+        ):
+            rows.append(
+                [
+                    f"DP z={z} (clip {clip:.3g} = median update norm), {name}; eps {eps:.1f} per "
+                    "round (delta 1e-5)",
+                    f"{e:.3f}",
+                    f"{u:.3f}: {'MET' if e >= u - 0.005 else 'MISSED'}",
+                ]
+            )
+    return rows
+
+
+def dp_cost_rows(
+    models: dict[tuple[float, int], Trained], args: argparse.Namespace, console: Console
+) -> list[list]:
+    """Final AUC / Dice of the unprotected federations with DP on every site's head/tail update
+    (`dp_noise`, `dp_clip`), paired per seed with the runs without it."""
+    from festa.shared.privacy.update_dp import gaussian_epsilon
+
+    rows = []
+    for z in args.dp_cost_levels:
+        auc, dice, base_auc, base_dice = [], [], [], []
+        for seed in args.seed_list:
+            cfg = arm_config(args, 0.0, seed).model_copy(
+                update={"dp_noise": z, "dp_clip": args.dp_clip}
+            )
+            console.print(f"federation dp_noise={z} clip={args.dp_clip:.3g} seed={seed} ...")
+            final = federate(cfg, args.work / f"fed-dp-{z}-seed-{seed}")["final"]
+            auc.append(float(final["classification"]["auc"]))
+            dice.append(float(final["segmentation"]["dice"]))
+            base = models[(0.0, seed)].metrics
+            base_auc.append(float(base["classification"]["auc"]))
+            base_dice.append(float(base["segmentation"]["dice"]))
+        d_auc, d_dice = np.subtract(auc, base_auc), np.subtract(dice, base_dice)
+        rows.append(
+            [
+                f"DP z={z}, clip {args.dp_clip:.3g}",
+                f"{gaussian_epsilon(z, cfg.rounds):.1f}",
+                _mean_sd(auc),
+                _mean_sd(dice),
+                f"{d_auc.mean():+.3f} ± {d_auc.std():.3f}",
+                f"{d_dice.mean():+.3f} ± {d_dice.std():.3f}",
             ]
         )
     return rows
@@ -349,6 +465,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--skew-sites", type=int, default=6)
     parser.add_argument("--group-sizes", default="3,6")
     parser.add_argument("--calibration-sites", type=int, default=16)
+    parser.add_argument("--dp-noise", default="", help="label mix: DP noise multipliers of updates")
+    parser.add_argument(
+        "--dp-cost", default="", help="DP noise multipliers to train federations at"
+    )
+    parser.add_argument(
+        "--dp-clip", type=float, default=0.0, help="DP clipping norm (0: median update norm)"
+    )
     parser.add_argument(
         "--federation", type=Path, default=None, help="federation file (e.g. cxr-open) for phantoms"
     )
@@ -376,6 +499,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.levels = [float(x) for x in args.noise.split(",") if x.strip()]
     args.arms = [0.0, *args.levels, *([TAIL_ONLY] if args.tail_only else [])]
     args.seed_list = [int(x) for x in args.seeds.split(",") if x.strip()]
+    args.dp_levels = [float(x) for x in args.dp_noise.split(",") if x.strip()]
+    args.dp_cost_levels = [float(x) for x in args.dp_cost.split(",") if x.strip()]
     args.group_sizes = [int(x) for x in args.group_sizes.split(",") if x.strip()]
     torch.set_num_threads(args.threads)
     console = Console()
@@ -411,7 +536,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     publish(
         f"Privacy defences: accuracy cost of label protection ({data})",
         command,
-        ["protection", "classification auc", "segmentation dice", "Δ auc", "Δ dice"],
+        [
+            "protection",
+            "classification auc",
+            "segmentation dice",
+            "Δ auc (paired)",
+            "Δ dice (paired)",
+            "Δ auc per seed",
+        ],
         costs,
         notes=setup,
         machine=machine,
@@ -432,6 +564,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if mix is None:
         return
+    dp_costs = dp_cost_rows(models, args, console) if args.dp_cost_levels else []
     publish(
         "Privacy defences: label mix from tail-bias updates under secure aggregation (phantoms)",
         command,
@@ -445,6 +578,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         console=console,
         write=write,
     )
+    if dp_costs:
+        publish(
+            "Privacy defences: accuracy cost of DP on head/tail updates (phantoms)",
+            command,
+            ["DP", "eps per run (delta 1e-5)", "auc", "dice", "Δ auc (paired)", "Δ dice (paired)"],
+            dp_costs,
+            notes=f"The federations of the cost table with every site's head/tail update clipped "
+            f"to L2 norm {args.dp_clip:.3g} (the median update norm of the label-mix sites) and "
+            "noised (std z x clip) before it is sent; seeds "
+            f"{args.seeds}, paired with the runs without DP. Wall time "
+            f"{time.perf_counter() - started:.0f} s (whole command).",
+            machine=machine,
+            console=console,
+            write=write,
+        )
 
 
 def _relative(path: Path) -> Path:

@@ -52,6 +52,13 @@ def simulate(
         float | None,
         typer.Option(help="--label-protection noise: std in units of the label sensitivity"),
     ] = None,
+    dp_noise: Annotated[
+        float | None,
+        typer.Option(help="DP of head/tail updates: noise multiplier (0: off); eps is printed"),
+    ] = None,
+    dp_clip: Annotated[
+        float | None, typer.Option(help="--dp-noise > 0: L2 clipping norm of an update")
+    ] = None,
     secure_aggregation: Annotated[
         bool | None,
         typer.Option(
@@ -141,6 +148,8 @@ def simulate(
                 label_protection=label_protection,
                 label_noise=label_noise,
                 secure_aggregation=secure_aggregation,
+                dp_noise=dp_noise,
+                dp_clip=dp_clip,
                 mode=mode,
                 pipeline_depth=pipeline_depth,
                 degrade=degrade,

@@ -7,6 +7,8 @@ measured against (`simulations/bench_privacy.py`), one concept per module.
 - `gradient_labels`: training labels from the gradients a client returns.
 - `label_mix`: a site's label proportions from its tail-bias update.
 - `baselines`: what an attacker gets without the leak (chance, majority class, uniform mix).
+
+Defences: `label_protection` (returned gradients), `update_dp` (DP of head/tail updates).
 """
 
 from festa.shared.privacy.baselines import majority_rate, mean_image_scores, uniform_mix_error
