@@ -21,10 +21,17 @@ from festa.client.body_client import LinkTls, RemoteBodyLink
 from festa.client.restored_data import with_scanner
 from festa.client.site_data import SiteData, simulated_site
 from festa.shared.config import FederationConfig
+from festa.shared.model.body import Body
 from festa.shared.model.pipeline import PipelinedBodyLink, split_train_pipelined
 from festa.shared.model.split import BodyLink, GradTransform, permuted_body, split_train_step
 from festa.shared.model.token_noise import with_token_noise
-from festa.shared.privacy.label_protection import LabelGradientNoise, zero_gradient
+from festa.shared.privacy.label_protection import (
+    LabelGradientNoise,
+    LocalBackwardLink,
+    ships_body_snapshot,
+    split_body_snapshot,
+    zero_gradient,
+)
 from festa.shared.privacy.update_dp import privatize_update
 from festa.shared.train.drift import add_proximal_term, log_class_prior, logit_adjusted_loss
 from festa.shared.train.task_model import TaskModel, cycle_batches, evaluate, make_loader, to_device
@@ -58,11 +65,14 @@ def train_round(
     model: TaskModel,
     link: BodyLink,
     round_number: int,
+    body_snapshot: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
     """`cfg.local_steps` split steps of `model` on the site's data; returns the reply metrics.
 
     With `cfg.pipeline_depth` K > 1 the link must also be a `PipelinedBodyLink` and the steps
-    run with K micro-batches in flight (`festa.shared.model.pipeline`).
+    run with K micro-batches in flight (`festa.shared.model.pipeline`). `body_snapshot` is the
+    body copy a `label_protection = "local-backward"` classification site backpropagates
+    through (`festa.shared.privacy.label_protection.LocalBackwardLink`).
     """
     if len(site.train_indices) == 0:
         raise ValueError(f"site {site.site_id} has no training samples for task {site.task}")
@@ -70,6 +80,13 @@ def train_round(
     torch.manual_seed(seed)
     loader = make_loader(site.train, site.train_indices, cfg.optim.batch_size, True, seed)
     perm_gen = torch.Generator().manual_seed(seed)
+    if ships_body_snapshot(cfg.label_protection, site.task):
+        if body_snapshot is None:
+            raise ValueError(
+                "label_protection = local-backward: this classification site got no body "
+                "snapshot to backpropagate through (the server must send one with `train`)"
+            )
+        link = LocalBackwardLink(link, body_snapshot)
     link = with_token_noise(link, cfg.token_noise, noise_seed(cfg, round_number, site.site_id))
     model.train(True)
     losses: list[float] = []
@@ -150,8 +167,8 @@ def label_protection(
 ) -> GradTransform | None:
     """The returned-gradient label protection of a classification site (`cfg.label_protection`,
     `cfg.label_noise`), seeded per (run, round, site); None for other tasks or when off."""
-    if site.task != "classification" or cfg.label_protection == "off":
-        return None
+    if site.task != "classification" or cfg.label_protection in ("off", "local-backward"):
+        return None  # local-backward protects through its link (train_round)
     if cfg.label_protection == "tail-only":
         return zero_gradient
     seed = round_seed(cfg.seed, round_number, f"{site.site_id}/label-noise")
@@ -257,6 +274,14 @@ def _model_for(
     return model.to(cfg.device)
 
 
+def _body_snapshot(cfg: FederationConfig, weights: Mapping[str, torch.Tensor]) -> Body | None:
+    if not weights:
+        return None
+    body = Body(cfg.model)
+    body.load_state_dict(dict(weights))
+    return body.to(cfg.device)
+
+
 def train_instruction(
     site: SiteData,
     state: Mapping[str, torch.Tensor],
@@ -266,9 +291,11 @@ def train_instruction(
     """Handle a `train` message: the task's head/tail `state` trained for one round through the
     body service; returns the new state and the reply metrics (traffic, restoration counts)."""
     cfg = parse_config(str(config["festa-config"]))
+    state, body_weights = split_body_snapshot(dict(state))
     model = _model_for(cfg, site, config, state)
+    snapshot = _body_snapshot(cfg, body_weights)
     with open_body_link(cfg, config, tls) as link:
-        metrics = train_round(cfg, site, model, link, int(config["round"]))
+        metrics = train_round(cfg, site, model, link, int(config["round"]), snapshot)
         metrics["bytes-sent"] = link.bytes_sent
         metrics["bytes-received"] = link.bytes_received
     metrics.update({f"restoration-{k}": v for k, v in site.restoration.items()})

@@ -47,6 +47,7 @@ from festa.shared.config import FederationConfig
 from festa.shared.fedavg import fedavg
 from festa.shared.model.body import Body
 from festa.shared.model.pipeline import staleness_lr_scale
+from festa.shared.privacy.label_protection import ships_body_snapshot, with_body_snapshot
 from festa.shared.privacy.update_dp import update_dp_spent
 from festa.shared.runinfo import append_jsonl, environment_info, seed_everything, write_json
 from festa.shared.tasks import primary_metric
@@ -306,8 +307,11 @@ class Federation:
             lr_scale=staleness_lr_scale(cfg.pipeline_depth, cfg.pipeline_body_lr),
         )
         self.reply_states = {}
+        snapshot = self._body_snapshot(clients)
         train_msgs = [
-            Instruction(c, self._state_for(c), self._message_config(c, r, phase, endpoint))
+            Instruction(
+                c, self._train_state(c, snapshot), self._message_config(c, r, phase, endpoint)
+            )
             for c in clients
         ]
         try:
@@ -427,6 +431,21 @@ class Federation:
 
     def _state_for(self, client: ClientInfo) -> dict[str, torch.Tensor]:
         return self.client_states.get(client.site_id, self.task_states[client.task])
+
+    def _body_snapshot(self, clients: list[ClientInfo]) -> dict[str, torch.Tensor]:
+        """The body's weights when a client of this round backpropagates through its own copy
+        (`label_protection = "local-backward"`), else nothing."""
+        if any(ships_body_snapshot(self.cfg.label_protection, c.task) for c in clients):
+            return self.body.weights()
+        return {}
+
+    def _train_state(
+        self, client: ClientInfo, body_snapshot: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        state = self._state_for(client)
+        if ships_body_snapshot(self.cfg.label_protection, client.task):
+            return with_body_snapshot(state, body_snapshot)
+        return state
 
     def _message_config(
         self, client: ClientInfo, r: int, phase: str, endpoint: str

@@ -261,10 +261,11 @@ class FaultInjection(FestaModel):
 MIN_SECURE_GROUP = 3
 """Fewest sites of one task that secure aggregation runs with: in a group of 2 each site
 subtracts its own update from the sum and reads the other's."""
-DEPLOYMENT_LABEL_PROTECTION = "tail-only"
+DEPLOYMENT_LABEL_PROTECTION = "local-backward"
 """`label_protection` a deployment runs unless its run config says otherwise: of the designs
 measured (BENCHMARKS.md, "Privacy defences") it is the one that leaks nothing through returned
-gradients at the smallest accuracy cost."""
+gradients at the smallest accuracy cost (tail-only, the former default, leaves the
+classification head untrained)."""
 
 
 class FederationConfig(FestaModel):
@@ -289,13 +290,14 @@ class FederationConfig(FestaModel):
         ge=0,
         description="client-side Gaussian noise on sent tokens, std relative to the batch's token RMS",
     )
-    label_protection: Literal["off", "noise", "tail-only"] = Field(
+    label_protection: Literal["off", "noise", "tail-only", "local-backward"] = Field(
         "off",
         description="what classification sites do to the gradient they return: off; noise: "
         "label-span Gaussian noise of std label_noise (festa.shared.privacy.label_protection); "
         "tail-only: return zero gradients (nothing label-bearing leaves; their head stays as "
-        "initialised and the body learns from the other tasks). Deployments default to "
-        "DEPLOYMENT_LABEL_PROTECTION",
+        "initialised and the body learns from the other tasks); local-backward: return zero "
+        "gradients and train the head through a copy of the body the server sends each round. "
+        "Deployments default to DEPLOYMENT_LABEL_PROTECTION",
     )
     label_noise: float = Field(
         6.0,

@@ -63,6 +63,7 @@ from festa.shared.privacy import (
     unshuffle_by_position,
 )
 from festa.shared.privacy.inversion import TokenTransform
+from festa.shared.privacy.label_protection import ships_body_snapshot
 from festa.shared.train.task_model import TaskModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,7 +107,9 @@ def observe_round(
     before = _last_bias(model)
     received = copy.deepcopy(model.state_dict())
     link = CuriousBodyLink(copy.deepcopy(body), cfg.wire)
-    train_round(cfg, site, model, link, round_number)
+    # a local-backward site gets the body with its `train` message, as from the real server
+    snapshot = copy.deepcopy(body) if ships_body_snapshot(cfg.label_protection, site.task) else None
+    train_round(cfg, site, model, link, round_number, snapshot)
     # The same seeded loader order train_round used, to score the attack against the truth.
     seed = round_seed(cfg.seed, round_number, site.site_id)
     loader = make_loader(site.train, site.train_indices, cfg.optim.batch_size, True, seed)

@@ -44,7 +44,7 @@ def simulate(
     label_protection: Annotated[
         str | None,
         typer.Option(
-            help="off | noise | tail-only: what classification sites do to the gradient they "
+            help="off | noise | tail-only | local-backward: what classification sites do to the gradient they "
             "return (deployments run tail-only)"
         ),
     ] = None,

@@ -140,12 +140,20 @@ class BodyEngine:
             finally:
                 self.body.train(was_training)
 
+    def weights(self) -> dict[str, torch.Tensor]:
+        """CPU copies of the body's parameters and buffers, as they are now."""
+        with self.lock:
+            return self._weights_locked()
+
     def state_dict(self) -> dict[str, Any]:
         with self.lock:
             return {
-                "body": {k: v.detach().cpu().clone() for k, v in self.body.state_dict().items()},
+                "body": self._weights_locked(),
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             }
+
+    def _weights_locked(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.body.state_dict().items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         with self.lock:

@@ -239,6 +239,10 @@ class BodyService:
         """Body weights and body-optimizer state (CPU copies), for checkpoint and resume."""
         return self.engine.state_dict()
 
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The body's weights now (CPU copies): the snapshot `local-backward` sites receive."""
+        return self.engine.weights()
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict()` returned; only between rounds."""
         if self._round_is_open():

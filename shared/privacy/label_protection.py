@@ -15,11 +15,21 @@ direction the two labels' gradients differ. Generalised to C classes:
 The noise is unbiased (the body's gradient is right on average) and sits only where labels live,
 so the body and the head see no noise in directions the label cannot move. Per release this is
 a Gaussian mechanism of sensitivity `s_i` on the label (`J_i` and the tail are post-processing),
-so `label_dp_epsilon` gives its label-DP (epsilon, delta) by Renyi composition. `zero_gradient` is the
-other design measured (`label_protection = "tail-only"`, what deployments run): nothing
-label-bearing is returned at all, at the price of a head that never trains (BENCHMARKS.md,
-"Privacy defences": it costs far less accuracy than noise at the level that hides labels).
-Only the gradient channel is covered; the tail update a site sends at the end of a round is protected by secure
+so `label_dp_epsilon` gives its label-DP (epsilon, delta) by Renyi composition.
+
+Two designs return nothing label-bearing at all:
+
+- `zero_gradient` (`label_protection = "tail-only"`): zeros go back, so the head never trains
+  and only the tail learns (BENCHMARKS.md, "Privacy defences").
+- `LocalBackwardLink` (`label_protection = "local-backward"`): zeros go back too, but the site
+  backpropagates the true gradient into its head through its own copy of the body, a snapshot
+  the server sends with the round's `train` message (`with_body_snapshot`). The head and the
+  tail train on the exact local loss; the body learns only from the other tasks, and the
+  round's later body steps are not in the copy. A site then holds the body's weights, which
+  the export (`festa export`) gives every site anyway, and computes one more body forward and
+  backward per batch.
+
+Only the gradient channel is covered; the head/tail update a site sends at the end of a round is protected by secure
 aggregation (`festa.server.secure_aggregation`).
 """
 
@@ -30,6 +40,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
+
+from festa.shared.model.split import BodyLink, LocalBodyLink
 
 LossFn = Callable[[torch.Tensor, dict[str, Any]], torch.Tensor]
 TailFn = Callable[[torch.Tensor], torch.Tensor]
@@ -114,3 +127,61 @@ def zero_gradient(
     """The `tail-only` design: return no gradient at all (zeros: the body's sync step still
     gets one per forward). The tail trains on the exact local gradient; the head gets none."""
     return torch.zeros_like(grad)
+
+
+BODY_SNAPSHOT_PREFIX = "body-snapshot."
+"""Key prefix of the body weights a `train` message carries beside a task's head/tail."""
+
+
+def ships_body_snapshot(label_protection: str, task: str) -> bool:
+    """Whether a site of `task` needs the body snapshot under `label_protection`."""
+    return label_protection == "local-backward" and task == "classification"
+
+
+def with_body_snapshot(
+    state: dict[str, torch.Tensor], body_weights: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """A head/tail `state` plus the body's weights under `BODY_SNAPSHOT_PREFIX`."""
+    return {**state, **{BODY_SNAPSHOT_PREFIX + k: v for k, v in body_weights.items()}}
+
+
+def split_body_snapshot(
+    state: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(head/tail state, body weights) of a `train` message's state; the second is empty
+    when the message carries no snapshot."""
+    n = len(BODY_SNAPSHOT_PREFIX)
+    task_state = {k: v for k, v in state.items() if not k.startswith(BODY_SNAPSHOT_PREFIX)}
+    body = {k[n:]: v for k, v in state.items() if k.startswith(BODY_SNAPSHOT_PREFIX)}
+    return task_state, body
+
+
+class LocalBackwardLink:
+    """A `BodyLink` whose label-bearing backward never leaves the site.
+
+    `forward` sends the tokens `[B, N, D]` to the body as usual (the tail trains on the
+    server's current body output) and also runs them through `body`, a frozen local copy.
+    `backward` sends zeros to the server (its synchronous step still gets one gradient per
+    forward) and returns the gradient w.r.t. the tokens through the local copy, so the head
+    trains on the exact local loss.
+    """
+
+    def __init__(self, link: BodyLink, body: nn.Module):
+        self.link = link
+        self.local = LocalBodyLink(body.requires_grad_(False).eval())
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.local.forward(tokens)
+        return self.link.forward(tokens)
+
+    def backward(self, grad_output: torch.Tensor) -> torch.Tensor:
+        self.link.backward(torch.zeros_like(grad_output))
+        return self.local.backward(grad_output)
+
+    def evaluate(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.link.evaluate(tokens)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "link":  # not set yet (e.g. during unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.link, name)

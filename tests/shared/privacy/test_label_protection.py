@@ -24,6 +24,7 @@ from festa.shared.privacy import (
 from festa.shared.privacy.gradient_labels import decode_labels_from_gradients
 from festa.shared.privacy.label_protection import LabelGradientNoise, label_dp_epsilon
 from festa.shared.tasks import get_task
+from tests.shared.privacy.conftest import one_classification_site
 
 CFG = ModelConfig(image_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
 TASK = get_task("classification")
@@ -114,22 +115,9 @@ def test_a_protected_client_round_leaks_far_less_than_an_unprotected_one():
 
     from festa.client.local_training import round_seed, train_round
     from festa.client.site_data import simulated_site
-    from festa.shared.config import FederationConfig
     from festa.shared.train.task_model import TaskModel, cycle_batches, make_loader
 
-    base = FederationConfig.model_validate(
-        {
-            "clients": 1,
-            "tasks": ["classification"],
-            "partition": "iid",
-            "degrade": "none",
-            "restore": "none",
-            "local_steps": 4,
-            "model": CFG.model_dump(),
-            "data": {"train_size": 64, "val_size": 8},
-            "optim": {"batch_size": 16},
-        }
-    )
+    base = one_classification_site(CFG, 4, 64)
     rates = {}
     for noise in (0.0, 6.0, "tail-only"):
         update = (
