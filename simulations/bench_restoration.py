@@ -124,6 +124,10 @@ def main(
     blind_nfe: int = typer.Option(100, "--blind-nfe"),
     deepinv_steps: int = typer.Option(100, "--deepinv-steps", help="DPS/DiffPIR/DDRM steps"),
     cases: str = typer.Option("", "--cases", help="Comma-separated case names (default: all)."),
+    methods: str = typer.Option(
+        "", "--methods", help="Comma-separated festa solvers to run (default: each case's all)."
+    ),
+    deepinv: bool = typer.Option(True, "--deepinv/--no-deepinv", help="Run deepinv's solvers."),
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(1, "--threads"),
     write: bool = typer.Option(True, "--write/--no-write", help="Append to BENCHMARKS.md."),
@@ -147,6 +151,7 @@ def main(
     chosen = [c for c in CASES if not cases or c.name in cases.split(",")]
     cddb_steps = [int(v) for v in cddb_nfe.split(",")]
     nfe = {"dps": [dps_nfe], "cddb": cddb_steps, "cddb-deep": cddb_steps, "blinddps": [blind_nfe]}
+    nfe = {m: n for m, n in nfe.items() if not methods or m in methods.split(",")}
     results: dict[str, dict[str, dict]] = {}
     start_all = time.perf_counter()
     out = (
@@ -155,7 +160,8 @@ def main(
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {
         "model": str(model), "n_val": len(clean), "val_ids": ids, "tune_ids": tune_ids,
-        "nfe": nfe, "deepinv_steps": deepinv_steps, "seed": seed, "cases": [c.__dict__ for c in chosen],
+        "nfe": nfe, "deepinv_steps": deepinv_steps if deepinv else 0, "seed": seed,
+        "cases": [c.__dict__ for c in chosen],
         "torch": torch.__version__, "load_at_start": os.getloadavg()[0],
     }  # fmt: skip
     for case in chosen:
@@ -178,6 +184,8 @@ def main(
                 **scores(clean, est),
             }
         for method in case.festa:
+            if methods and method not in methods.split(","):
+                continue
             for steps in nfe[method]:
                 label = f"festa {method} @{steps}"
                 try:
@@ -195,7 +203,7 @@ def main(
                 console.print(f"{case.name}: {label} {psnr:.2f} dB ({seconds:.2f} s/img)")
         restore_deg = parse_spec(case.restore)
         for method in rb.DEEPINV_METHODS:
-            if not rb.deepinv_applicable(method, restore_deg):
+            if not deepinv or not rb.deepinv_applicable(method, restore_deg):
                 continue
             t = time.perf_counter()
             est = rb.run_deepinv(method, prior, restore_deg, y, deepinv_steps, seed)
@@ -244,7 +252,7 @@ def report(
             f"Images: the first {len(ids)} cxr-open val rows (id prefixes {', '.join(sites)}; "
             "their finding labels are confounded with site, irrelevant to PSNR/SSIM), "
             f"area-downsized, mean ± std over images; seed {first['seed']}; NFE {first['nfe']}, "
-            f"deepinv steps {first['deepinv_steps']}. Classical parameters (in brackets) tuned "
+            f"deepinv steps {first['deepinv_steps'] or 'not run'}. Classical parameters (in brackets) tuned "
             f"on {len(first['tune_ids'])} train images. Goal: festa solver ≥ {GOAL_DB:g} dB "
             "above both the degraded input and the best classical row. Per-image scores: "
             + ", ".join(f"`{p.relative_to(REPO) if p.is_relative_to(REPO) else p}`" for p in paths)
