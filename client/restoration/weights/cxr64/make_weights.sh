@@ -10,6 +10,12 @@
 # The runs were stopped at a checkpoint and finished with `--steps` = that step (resume is
 # exact: model, EMA, optimiser and RNG states), which is what these commands record.
 #
+# Stage 2 (2026-12-07, machine at 1-min load 1.5-5): the low-dose and Gaussian-blur bridges were
+# trained on, each from its own stage-1 weights (the saved EMA UNet; fresh optimiser and EMA,
+# seed 1 so the batches are new), one job at a time, 1 thread, nice 10: 1.46-1.48 steps/s
+# measured. Stage 2 is what `continue_bridge` records; its `festa_training.json` replaces stage
+# 1's (which had `--steps 120 --seed 0`, the `bridge` lines below).
+#
 # Order: prior and the low-dose bridge in parallel; the other bridges after the prior. The
 # low-dose bridge starts from the phantom64 image prior (the cxr64 one was not trained yet
 # when it started; same 64-px UNet preset), the others from the cxr64 prior; every bridge is
@@ -21,6 +27,13 @@ RUN="nice -n 19 python -m festa.client.restoration.cli"
 bridge() {  # name spec steps init
   $RUN train-bridge --degradation "$2" --data "$CXR" --size 64 --out $W/bridges/$1 \
     --init-from "$4" --steps "$3" --batch 16 --lr 5e-4 --seed 0 --preset small --threads 1
+  rm -f $W/bridges/$1/checkpoint.pt  # stage 2 starts from the saved weights, not this checkpoint
+}
+continue_bridge() {  # name spec steps: stage 2, from the folder's own stage-1 weights
+  nice -n 10 python -m festa.client.restoration.cli train-bridge --degradation "$2" --data "$CXR" \
+    --size 64 --out $W/bridges/$1 --init-from $W/bridges/$1 --steps "$3" --batch 16 --lr 5e-4 \
+    --seed 1 --preset small --threads 1
+  rm -f $W/bridges/$1/checkpoint.pt
 }
 case "${1:-all}" in
   prior|all)
@@ -32,9 +45,11 @@ case "${1:-all}" in
     ;;&
   lowdose|all)
     bridge lowdose "noise:poisson:dose=200,read=0.01" 120 client/restoration/weights/phantom64/prior
+    continue_bridge lowdose "noise:poisson:dose=200,read=0.01" 2900  # 33 min of one core
     ;;&
   bridges|all)
     bridge gaussblur2 "blur:gauss:sigma=2+noise:gauss:sigma=0.01" 120 $W/prior
+    continue_bridge gaussblur2 "blur:gauss:sigma=2+noise:gauss:sigma=0.01" 1700  # ~20 min
     # Not trained in the budget (sr2 was started and stopped at step < 20; inpaintbox never
     # started), so CDDB has no bridge for these cases:
     #   bridge sr2 "sr:2+noise:gauss:sigma=0.01" 100 $W/prior
