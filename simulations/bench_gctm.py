@@ -1,9 +1,11 @@
 """One-step GCTM restoration vs CDDB on held-out phantoms: quality and wall time per image.
 
     nice -n 19 python -m festa.simulations.bench_gctm [--n 20] [--cases lowdose,gaussblur2]
+        [--model MODEL_DIR] [--data phantoms|MANIFEST_FOLDER]
 
 Per case (a bridge ``bridges/<case>`` and its distilled ``gctm/<case>`` under ``--model``):
-PSNR / SSIM mean ± std over ``--n`` held-out phantoms (seed 12345, never trained on) and seconds
+PSNR / SSIM mean ± std over ``--n`` held-out images (phantoms of seed 12345, never trained on,
+or the first ``--n`` val-split images of a manifest folder such as cxr-open) and seconds
 per image (one batch of ``--n`` images through ``Restorer.restore``, the same path the CLI and
 the daemon use). Rows: the degraded input, CDDB@20 and @5, the untrained bridge's own one-step
 estimate ``x0_hat(x_1, 1)`` (what GCTM starts from: the ablation that says what distillation
@@ -25,6 +27,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from festa.client.restoration.models import load_bridge
 from festa.client.restoration.restorer import Restorer
+from festa.client.restoration.training import manifest_images
 from festa.shared.data.phantoms import phantom_images
 from festa.simulations.benchmark_table import publish
 
@@ -50,14 +53,21 @@ def _scores(clean: np.ndarray, est: np.ndarray) -> tuple[str, str, float]:
 
 def main(
     model: Annotated[Path, typer.Option("--model")] = DEFAULT_MODEL,
-    n: int = typer.Option(20, "--n", min=1, help="Held-out phantoms per case."),
+    n: int = typer.Option(20, "--n", min=1, help="Held-out images per case."),
+    data: str = typer.Option(
+        "phantoms", "--data", help="'phantoms' or a manifest folder (its val split is used)."
+    ),
     cases: str = typer.Option(
         "lowdose,gaussblur2", "--cases", help="Names under bridges/ and gctm/."
     ),
     write: bool = typer.Option(True, "--write/--no-write"),
 ) -> None:
     torch.set_num_threads(1)
-    clean = phantom_images(n, size=64, seed=12345)
+    if data == "phantoms":
+        clean, held_out = phantom_images(n, size=64, seed=12345), "held-out phantoms (seed 12345"
+    else:
+        clean = manifest_images(data, "val", 64, limit=n)[0]
+        held_out = f"{Path(data).name} val images (never trained on"
     rows, verdicts = [], []
     for case in cases.split(","):
         if not (model / "gctm" / case).is_dir():
@@ -105,13 +115,13 @@ def main(
     for v in verdicts:
         print(v)
     notes = (
-        f"{n} held-out phantoms (seed 12345, 64 px), PSNR/SSIM mean ± std over images; seconds per "
+        f"{len(clean)} {held_out}, 64 px), PSNR/SSIM mean ± std over images; seconds per "
         "image over one batch of all images (1 torch thread), speed relative to CDDB@20 of the "
         "same case and run. Goal (issue 14 item 5): GCTM@1 within 0.5 dB of CDDB@20 at >= 10x. "
         + " ".join(verdicts)
     )
     publish(
-        "One-step GCTM vs CDDB (phantom64, held-out phantoms)",
+        f"One-step GCTM vs CDDB ({model.name}, {held_out.split(' (')[0]})",
         "nice -n 19 python -m festa.simulations.bench_gctm " + " ".join(sys.argv[1:]),
         ["case", "SPEC", "method", "PSNR dB", "SSIM", "s / image", "speed vs CDDB@20"],
         rows,

@@ -54,5 +54,15 @@ case "${1:-all}" in
     # started), so CDDB has no bridge for these cases:
     #   bridge sr2 "sr:2+noise:gauss:sigma=0.01" 100 $W/prior
     #   bridge inpaintbox "inpaint:box" 100 $W/prior
+    ;;&
+  gctm|all)
+    # One-step GCTM models distilled from the stage-2 bridges (client/restoration/gctm.py), on
+    # cxr-open train images; the two ran in parallel, one core each (~5 min). Train each in one
+    # go: the EMA target network is not checkpointed, so a resumed run differs slightly.
+    for name in lowdose gaussblur2; do
+      nice -n 5 python -m festa.client.restoration.cli train-gctm --bridge $W/bridges/$name \
+        --out $W/gctm/$name --data "$CXR" --steps 300 --batch 8 --lr 2e-4 --seed 0 --threads 1
+      rm -f $W/gctm/$name/checkpoint.pt
+    done
     ;;
 esac
