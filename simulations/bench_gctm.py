@@ -64,10 +64,14 @@ def main(
 ) -> None:
     torch.set_num_threads(1)
     if data == "phantoms":
-        clean, held_out = phantom_images(n, size=64, seed=12345), "held-out phantoms (seed 12345"
+        clean, images, origin = (
+            phantom_images(n, size=64, seed=12345),
+            "held-out phantoms",
+            "seed 12345",
+        )
     else:
         clean = manifest_images(data, "val", 64, limit=n)[0]
-        held_out = f"{Path(data).name} val images (never trained on"
+        images, origin = f"{Path(data).name} val images", "never trained on"
     rows, verdicts = [], []
     for case in cases.split(","):
         if not (model / "gctm" / case).is_dir():
@@ -115,13 +119,13 @@ def main(
     for v in verdicts:
         print(v)
     notes = (
-        f"{len(clean)} {held_out}, 64 px), PSNR/SSIM mean ± std over images; seconds per "
+        f"{len(clean)} {images} ({origin}, 64 px), PSNR/SSIM mean ± std over images; seconds per "
         "image over one batch of all images (1 torch thread), speed relative to CDDB@20 of the "
         "same case and run. Goal (issue 14 item 5): GCTM@1 within 0.5 dB of CDDB@20 at >= 10x. "
         + " ".join(verdicts)
     )
     publish(
-        f"One-step GCTM vs CDDB ({model.name}, {held_out.split(' (')[0]})",
+        f"One-step GCTM vs CDDB ({model.name}, {images})",
         "nice -n 19 python -m festa.simulations.bench_gctm " + " ".join(sys.argv[1:]),
         ["case", "SPEC", "method", "PSNR dB", "SSIM", "s / image", "speed vs CDDB@20"],
         rows,

@@ -151,7 +151,8 @@ def main(
     chosen = [c for c in CASES if not cases or c.name in cases.split(",")]
     cddb_steps = [int(v) for v in cddb_nfe.split(",")]
     nfe = {"dps": [dps_nfe], "cddb": cddb_steps, "cddb-deep": cddb_steps, "blinddps": [blind_nfe]}
-    nfe = {m: n for m, n in nfe.items() if not methods or m in methods.split(",")}
+    wanted = set(methods.split(",")) if methods else set(nfe)
+    nfe = {m: n for m, n in nfe.items() if m in wanted}
     results: dict[str, dict[str, dict]] = {}
     start_all = time.perf_counter()
     out = (
@@ -184,7 +185,7 @@ def main(
                 **scores(clean, est),
             }
         for method in case.festa:
-            if methods and method not in methods.split(","):
+            if method not in wanted:
                 continue
             for steps in nfe[method]:
                 label = f"festa {method} @{steps}"
