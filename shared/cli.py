@@ -68,7 +68,10 @@ def train_central_cmd(
         str | None, typer.Option(help="comma-separated tasks (default: every registered task)")
     ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file with a CentralConfig")] = None,
-    preset: Annotated[str, typer.Option(help="model size: tiny or base")] = "tiny",
+    preset: Annotated[
+        str,
+        typer.Option(help="model size: tiny (64 px), small128 (128 px) or base (ViT-B/16, 224 px)"),
+    ] = "tiny",
     epochs: Annotated[int | None, typer.Option(help="training epochs")] = None,
     train_size: Annotated[int | None, typer.Option(help="phantom images for training")] = None,
     val_size: Annotated[int | None, typer.Option(help="phantom images for validation")] = None,

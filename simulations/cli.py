@@ -111,7 +111,10 @@ def simulate(
         float | None, typer.Option(help="FedAvgM momentum / FedAdam-FedYogi beta1")
     ] = None,
     image_size: Annotated[int | None, typer.Option(help="image side in pixels")] = None,
-    preset: Annotated[str, typer.Option(help="model size: tiny or base")] = "tiny",
+    preset: Annotated[
+        str,
+        typer.Option(help="model size: tiny (64 px), small128 (128 px) or base (ViT-B/16, 224 px)"),
+    ] = "tiny",
     seed: Annotated[int | None, typer.Option(help="random seed")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda")] = None,
     store: Annotated[Path | None, typer.Option(help="run store (SQLite) the console reads")] = Path(
