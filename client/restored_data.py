@@ -1,11 +1,15 @@
 """Simulated scanners and the restoration service in the training data path (`--restore`).
 
-In a simulation every odd-numbered site gets a degraded "scanner" (low dose, or blur plus
-noise, alternating); even-numbered sites image cleanly. A degraded site's training images are
-its acquisitions; with restoration on, the site's restoration engine cleans them before
-training. The acquisitions themselves are never altered: restored images are new arrays,
-each with its provenance record, and an image whose restoration fails falls back to the
-acquisition with the reason logged and counted as quarantined.
+In a simulation every odd-numbered site gets a degraded "scanner" (by default low dose, or blur
+plus noise, alternating); even-numbered sites image cleanly. Benchmarks pick harsher scanners,
+or degrade every site, through two environment variables read when a site is built (so they
+reach simulated clients in any process): ``FESTA_SCANNERS`` names one of `SCANNER_SETS` (or is
+one degradation SPEC),
+``FESTA_DEGRADED_SITES`` is ``half`` (the odd-numbered sites, the default) or ``all``. A
+degraded site's training images are its acquisitions; with restoration on, the site's
+restoration engine cleans them before training. The acquisitions themselves are never altered:
+restored images are new arrays, each with its provenance record, and an image whose restoration
+fails falls back to the acquisition with the reason logged and counted as quarantined.
 
 Restorations are cached on disk by content hash, so a rerun of the same federation does not
 restore again.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,18 +34,55 @@ from festa.shared.data.datasets import CXRDataset
 
 log = logging.getLogger(__name__)
 
-SCANNERS = (
-    "noise:poisson:dose=200,read=0.01",  # low-dose acquisition
-    "blur:gauss:sigma=2+noise:gauss:sigma=0.01",  # defocused detector
-)
-SOLVER_SPEC = {
-    "blinddps": {"blur:gauss:sigma=2+noise:gauss:sigma=0.01": "blur:unknown+noise:gauss:sigma=0.01"}
+LOW_DOSE = "noise:poisson:dose=200,read=0.01"  # low-dose acquisition
+BLUR = "blur:gauss:sigma=2+noise:gauss:sigma=0.01"  # defocused detector
+LOW_DOSE_50 = "noise:poisson:dose=50,read=0.01"  # a quarter of LOW_DOSE's photons
+BLUR_3 = "blur:gauss:sigma=3+noise:gauss:sigma=0.01"
+# The scanners degraded sites get, in turn; each spec has a committed phantom64 bridge except
+# BLUR_3 (degraded arms only, or blinddps).
+SCANNER_SETS: dict[str, tuple[str, ...]] = {
+    "default": (LOW_DOSE, BLUR),
+    "lowdose50": (LOW_DOSE_50,),
+    "blur3": (BLUR_3,),
+}
+DEGRADED_SITES = ("half", "all")
+SCANNERS_ENV, DEGRADED_SITES_ENV = "FESTA_SCANNERS", "FESTA_DEGRADED_SITES"
+SOLVER_SPEC = {  # blinddps estimates the blur kernel itself
+    "blinddps": {b: "blur:unknown+noise:gauss:sigma=0.01" for b in (BLUR, BLUR_3)}
 }
 
 
-def site_scanner(site_index: int) -> str | None:
-    """The degradation of simulated site `site_index` (None for a clean scanner)."""
-    return None if site_index % 2 == 0 else SCANNERS[(site_index // 2) % len(SCANNERS)]
+def scanner_specs(scanners: str) -> tuple[str, ...]:
+    """The degradations of `scanners`: a `SCANNER_SETS` name, or one degradation SPEC."""
+    if scanners in SCANNER_SETS:
+        return SCANNER_SETS[scanners]
+    from festa.client.restoration.operators import parse_spec
+
+    try:
+        parse_spec(scanners)
+    except ValueError as exc:
+        raise ValueError(
+            f"scanners {scanners!r} is neither one of {sorted(SCANNER_SETS)} nor a SPEC: {exc}"
+        ) from exc
+    return (scanners,)
+
+
+def site_scanner(
+    site_index: int, scanners: str | None = None, degraded_sites: str | None = None
+) -> str | None:
+    """The degradation of simulated site `site_index` (None for a clean scanner).
+
+    `scanners` is a `SCANNER_SETS` name or a degradation SPEC (see `scanner_specs`) and
+    `degraded_sites` is ``half`` (odd-numbered sites) or ``all``; each defaults to its
+    environment variable, else default / half.
+    """
+    specs = scanner_specs(scanners or os.environ.get(SCANNERS_ENV) or "default")
+    sites = degraded_sites or os.environ.get(DEGRADED_SITES_ENV) or "half"
+    if sites not in DEGRADED_SITES:
+        raise ValueError(f"degraded sites must be one of {DEGRADED_SITES}, got {sites!r}")
+    if sites == "half" and site_index % 2 == 0:
+        return None
+    return specs[(site_index // 2) % len(specs)]
 
 
 def with_scanner(cfg: FederationConfig, site: SiteData, site_index: int) -> SiteData:

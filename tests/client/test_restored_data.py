@@ -1,9 +1,16 @@
 """Simulated scanners and restoration in the training data path."""
 
 import numpy as np
+import pytest
 import torch
 
-from festa.client.restored_data import site_scanner, with_scanner
+from festa.client.restored_data import (
+    DEGRADED_SITES_ENV,
+    LOW_DOSE_50,
+    SCANNERS_ENV,
+    site_scanner,
+    with_scanner,
+)
 from festa.client.site_data import SiteData
 from festa.shared.config import FederationConfig
 from festa.shared.data.datasets import phantom_dataset
@@ -28,6 +35,24 @@ def test_clean_sites_and_degraded_sites():
         assert degraded.train[k]["provenance"] is None and degraded.train[k][
             "acquisition"
         ] == site_scanner(1)
+
+
+def test_a_benchmark_picks_harsher_scanners_and_how_many_sites_they_degrade(monkeypatch):
+    assert [site_scanner(i, "lowdose50") for i in range(4)] == [None, LOW_DOSE_50] * 2
+    assert [site_scanner(i, "lowdose50", "all") for i in range(3)] == [LOW_DOSE_50] * 3
+    # Simulated clients (any process) read the choice from the environment.
+    monkeypatch.setenv(SCANNERS_ENV, "lowdose50")
+    monkeypatch.setenv(DEGRADED_SITES_ENV, "all")
+    assert site_scanner(0) == site_scanner(1) == LOW_DOSE_50
+    site, pool = _site()
+    cfg = FederationConfig(degrade="site", restore="none")
+    assert with_scanner(cfg, site, 0).train[0]["acquisition"] == LOW_DOSE_50
+    # Or any one degradation SPEC, for every degraded site.
+    assert site_scanner(3, "noise:poisson:dose=10,read=0.01") == "noise:poisson:dose=10,read=0.01"
+    with pytest.raises(ValueError, match="neither"):
+        site_scanner(1, "dose-1")
+    with pytest.raises(ValueError, match="degraded sites"):
+        site_scanner(1, degraded_sites="some")
 
 
 def test_restoration_keeps_originals_records_provenance_and_caches(tmp_path):

@@ -29,3 +29,19 @@ def test_bad_seeds_are_rejected_before_any_run(seeds, tmp_path):
     with pytest.raises(SystemExit):
         main(["--seeds", seeds, "--work", str(tmp_path)])
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--methods", "gctm@x"],
+        ["--methods", "nope@3"],
+        ["--methods", "cddb@0"],
+        ["--scanners", "dose-1"],
+        ["--degraded-sites", "some"],
+    ],
+)
+def test_bad_methods_and_scanners_are_rejected_before_any_run(args, tmp_path):
+    with pytest.raises(SystemExit):
+        main([*args, "--work", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
