@@ -38,8 +38,7 @@ LOW_DOSE = "noise:poisson:dose=200,read=0.01"  # low-dose acquisition
 BLUR = "blur:gauss:sigma=2+noise:gauss:sigma=0.01"  # defocused detector
 LOW_DOSE_50 = "noise:poisson:dose=50,read=0.01"  # a quarter of LOW_DOSE's photons
 BLUR_3 = "blur:gauss:sigma=3+noise:gauss:sigma=0.01"
-# The scanners degraded sites get, in turn; each spec has a committed phantom64 bridge except
-# BLUR_3 (degraded arms only, or blinddps).
+# The scanners degraded sites get, in turn; phantom64 has a CDDB bridge and a GCTM model for each.
 SCANNER_SETS: dict[str, tuple[str, ...]] = {
     "default": (LOW_DOSE, BLUR),
     "lowdose50": (LOW_DOSE_50,),

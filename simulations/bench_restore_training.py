@@ -12,7 +12,7 @@ tasks). In the degraded arms, sites acquire through the simulated scanners of
 `noise:poisson:dose=200,read=0.01` and Gaussian blur sigma 2 + noise in turn, `lowdose50` is
 `noise:poisson:dose=50,read=0.01` on every degraded site, `blur3` blur sigma 3 + noise, and
 any other SPEC (e.g. `noise:poisson:dose=10,read=0.01`) is the scanner of every degraded
-site (phantom64 has bridges and GCTM models for the default scanners and lowdose50).
+site (phantom64 has bridges and GCTM models for the default scanners, lowdose50 and blur3).
 `--degraded-sites half` (default) degrades the odd-numbered sites, `all` every site.
 Restored arms clean those acquisitions with the site's restoration engine before training
 (cached per seed and method; METHOD@NFE sets one method's NFE, else --nfe). Validation is on

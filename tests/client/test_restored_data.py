@@ -4,9 +4,13 @@ import numpy as np
 import pytest
 import torch
 
+from festa.client.restoration.committed_weights import PHANTOM_WEIGHTS
+from festa.client.restoration.models import bridge_specs
+from festa.client.restoration.operators import parse_spec
 from festa.client.restored_data import (
     DEGRADED_SITES_ENV,
     LOW_DOSE_50,
+    SCANNER_SETS,
     SCANNERS_ENV,
     site_scanner,
     with_scanner,
@@ -53,6 +57,14 @@ def test_a_benchmark_picks_harsher_scanners_and_how_many_sites_they_degrade(monk
         site_scanner(1, "dose-1")
     with pytest.raises(ValueError, match="degraded sites"):
         site_scanner(1, degraded_sites="some")
+
+
+def test_phantom64_has_a_bridge_and_a_gctm_model_for_every_named_scanner():
+    bridges = bridge_specs(PHANTOM_WEIGHTS)
+    gctm = bridge_specs(PHANTOM_WEIGHTS, "gctm/*/gctm.json")
+    for specs in SCANNER_SETS.values():
+        for spec in specs:
+            assert parse_spec(spec).spec in bridges and parse_spec(spec).spec in gctm
 
 
 def test_restoration_keeps_originals_records_provenance_and_caches(tmp_path):

@@ -28,3 +28,9 @@ python -m festa.client.restoration.cli train-bridge --degradation "noise:poisson
   --steps 250 --batch 16 --lr 5e-4 --seed 0 --preset small --threads 1
 python -m festa.client.restoration.cli train-gctm --bridge $W/bridges/lowdose50 \
   --out $W/gctm/lowdose50 --data phantoms --steps 80 --batch 8 --lr 2e-4 --seed 0 --threads 1
+# Gaussian blur sigma 3 + noise, for bench_restore_training --scanners blur3, and its GCTM.
+python -m festa.client.restoration.cli train-bridge --degradation "blur:gauss:sigma=3+noise:gauss:sigma=0.01" \
+  --data phantoms --size 64 --out $W/bridges/gaussblur3 --init-from $W/prior \
+  --steps 250 --batch 16 --lr 5e-4 --seed 0 --preset small --threads 1
+python -m festa.client.restoration.cli train-gctm --bridge $W/bridges/gaussblur3 \
+  --out $W/gctm/gaussblur3 --data phantoms --steps 80 --batch 8 --lr 2e-4 --seed 0 --threads 1
