@@ -1,15 +1,13 @@
 """Simulated scanners and the restoration service in the training data path (`--restore`).
 
 In a simulation every odd-numbered site gets a degraded "scanner" (by default low dose, or blur
-plus noise, alternating); even-numbered sites image cleanly. Benchmarks pick harsher scanners,
-or degrade every site, through two environment variables read when a site is built (so they
-reach simulated clients in any process): ``FESTA_SCANNERS`` names one of `SCANNER_SETS` (or is
-one degradation SPEC),
-``FESTA_DEGRADED_SITES`` is ``half`` (the odd-numbered sites, the default) or ``all``. A
-degraded site's training images are its acquisitions; with restoration on, the site's
-restoration engine cleans them before training. The acquisitions themselves are never altered:
-restored images are new arrays, each with its provenance record, and an image whose restoration
-fails falls back to the acquisition with the reason logged and counted as quarantined.
+plus noise, alternating); even-numbered sites image cleanly. `FederationConfig.scanners` picks
+harsher scanners (a `SCANNER_SETS` name or one degradation SPEC) and `degraded_sites` degrades
+every site instead of half. A degraded site's training images are its acquisitions; with
+restoration on, the site's restoration engine cleans them before training. The acquisitions
+themselves are never altered: restored images are new arrays, each with its provenance record,
+and an image whose restoration fails falls back to the acquisition with the reason logged and
+counted as quarantined.
 
 Restorations are cached on disk by content hash, so a rerun of the same federation does not
 restore again.
@@ -20,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -44,8 +41,7 @@ SCANNER_SETS: dict[str, tuple[str, ...]] = {
     "lowdose50": (LOW_DOSE_50,),
     "blur3": (BLUR_3,),
 }
-DEGRADED_SITES = ("half", "all")
-SCANNERS_ENV, DEGRADED_SITES_ENV = "FESTA_SCANNERS", "FESTA_DEGRADED_SITES"
+DEGRADED_SITES = ("half", "all")  # FederationConfig.degraded_sites
 SOLVER_SPEC = {  # blinddps estimates the blur kernel itself
     "blinddps": {b: "blur:unknown+noise:gauss:sigma=0.01" for b in (BLUR, BLUR_3)}
 }
@@ -67,26 +63,22 @@ def scanner_specs(scanners: str) -> tuple[str, ...]:
 
 
 def site_scanner(
-    site_index: int, scanners: str | None = None, degraded_sites: str | None = None
+    site_index: int, scanners: str = "default", degraded_sites: str = "half"
 ) -> str | None:
-    """The degradation of simulated site `site_index` (None for a clean scanner).
-
-    `scanners` is a `SCANNER_SETS` name or a degradation SPEC (see `scanner_specs`) and
-    `degraded_sites` is ``half`` (odd-numbered sites) or ``all``; each defaults to its
-    environment variable, else default / half.
-    """
-    specs = scanner_specs(scanners or os.environ.get(SCANNERS_ENV) or "default")
-    sites = degraded_sites or os.environ.get(DEGRADED_SITES_ENV) or "half"
-    if sites not in DEGRADED_SITES:
-        raise ValueError(f"degraded sites must be one of {DEGRADED_SITES}, got {sites!r}")
-    if sites == "half" and site_index % 2 == 0:
+    """The degradation of simulated site `site_index` (None for a clean scanner): `scanners` is
+    a `SCANNER_SETS` name or a degradation SPEC (see `scanner_specs`), `degraded_sites` is
+    ``half`` (the odd-numbered sites) or ``all``."""
+    specs = scanner_specs(scanners)
+    if degraded_sites not in DEGRADED_SITES:
+        raise ValueError(f"degraded sites must be one of {DEGRADED_SITES}, got {degraded_sites!r}")
+    if degraded_sites == "half" and site_index % 2 == 0:
         return None
     return specs[(site_index // 2) % len(specs)]
 
 
 def with_scanner(cfg: FederationConfig, site: SiteData, site_index: int) -> SiteData:
     """`site` with its training images as its scanner acquires them, restored if configured."""
-    spec = site_scanner(site_index)
+    spec = site_scanner(site_index, cfg.scanners, cfg.degraded_sites)
     counts = {"restored": 0, "pending": 0, "quarantined": 0, "degraded": 0}
     if spec is None or cfg.degrade == "none":
         return replace(site, restoration=counts)

@@ -353,7 +353,15 @@ class FederationConfig(FestaModel):
     body_port: int = Field(0, ge=0, le=65535, description="0: any free port")
     body_endpoint: str = Field("", description="address clients dial; default host:bound port")
     degrade: Literal["none", "site"] = Field(
-        "site", description="site: odd-numbered simulated sites get a degraded scanner"
+        "site", description="site: simulated sites get a degraded scanner (see degraded_sites)"
+    )
+    scanners: str = Field(
+        "default",
+        description="degrade: the degraded sites' scanners, in turn: a set of "
+        "festa.client.restored_data.SCANNER_SETS (default, lowdose50, blur3) or one SPEC",
+    )
+    degraded_sites: Literal["half", "all"] = Field(
+        "half", description="degrade: the odd-numbered simulated sites, or every site"
     )
     restore: Literal["none", RestorationMethod] = Field(
         "cddb", description="restoration method degraded sites run before training"

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 import statistics
 import sys
@@ -34,9 +33,7 @@ from pathlib import Path
 
 from festa.client.restored_data import (
     DEGRADED_SITES,
-    DEGRADED_SITES_ENV,
     SCANNER_SETS,
-    SCANNERS_ENV,
     scanner_specs,
     site_scanner,
 )
@@ -140,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="festa-bench-restore-"))
     update = {"rounds": args.rounds, "local_steps": args.local_steps, "restore_nfe": args.nfe}
     update["clients"] = args.clients
+    update["scanners"], update["degraded_sites"] = args.scanners, args.degraded_sites
     update["restore_cache"] = str(work / "cache")
     if args.tasks:
         update["tasks"] = _csv(args.tasks)
@@ -158,20 +156,10 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--methods: {m!r} is not METHOD or METHOD@NFE ({exc})")
         arms.append((f"restored ({method}, {n} NFE)", arm))
 
-    # The scanners are no config field: they reach every simulated client (any process)
-    # through the environment, and name the degraded runs' folders so that no run of other
-    # scanners is reused (the clean runs are shared).
+    # The degraded runs' folders are named after the scanners, so that no run of other scanners
+    # is reused (the clean runs are shared).
     scanning = re.sub(r"[^\w.=-]+", "_", f"{args.scanners}-{args.degraded_sites}")
-    env_before = {k: os.environ.get(k) for k in (SCANNERS_ENV, DEGRADED_SITES_ENV)}
-    os.environ[SCANNERS_ENV], os.environ[DEGRADED_SITES_ENV] = args.scanners, args.degraded_sites
-    try:
-        values, extras = _run_arms(base, arms, seeds, work, scanning, args.engine)
-    finally:
-        for k, v in env_before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    values, extras = _run_arms(base, arms, seeds, work, scanning, args.engine)
 
     rows = []
     for label, _ in arms:

@@ -72,7 +72,14 @@ def simulate(
         typer.Option(help="micro-batches in flight per client (K > 1 needs --mode async)"),
     ] = None,
     degrade: Annotated[
-        str | None, typer.Option(help="none | site: odd-numbered sites get a degraded scanner")
+        str | None, typer.Option(help="none | site: simulated sites get a degraded scanner")
+    ] = None,
+    scanners: Annotated[
+        str | None,
+        typer.Option(help="--degrade site: default | lowdose50 | blur3 | one degradation SPEC"),
+    ] = None,
+    degraded_sites: Annotated[
+        str | None, typer.Option(help="--degrade site: half (odd-numbered sites) | all")
     ] = None,
     restore: Annotated[
         str | None,
@@ -156,6 +163,8 @@ def simulate(
                 mode=mode,
                 pipeline_depth=pipeline_depth,
                 degrade=degrade,
+                scanners=scanners,
+                degraded_sites=degraded_sites,
                 restore=restore,
                 restore_nfe=restore_nfe,
                 seed=seed,
@@ -187,7 +196,11 @@ def simulate(
         from festa.client.site_data import config_for_data
 
         cfg = config_for_data(validate(FederationConfig, merged, "simulate"))
-    except ConfigError as exc:
+        if cfg.degrade != "none":
+            from festa.client.restored_data import scanner_specs
+
+            scanner_specs(cfg.scanners)
+    except (ConfigError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
     from festa.simulations.simulate import ENGINES, run_simulation

@@ -8,10 +8,8 @@ from festa.client.restoration.committed_weights import PHANTOM_WEIGHTS
 from festa.client.restoration.models import bridge_specs
 from festa.client.restoration.operators import parse_spec
 from festa.client.restored_data import (
-    DEGRADED_SITES_ENV,
     LOW_DOSE_50,
     SCANNER_SETS,
-    SCANNERS_ENV,
     site_scanner,
     with_scanner,
 )
@@ -41,15 +39,15 @@ def test_clean_sites_and_degraded_sites():
         ] == site_scanner(1)
 
 
-def test_a_benchmark_picks_harsher_scanners_and_how_many_sites_they_degrade(monkeypatch):
+def test_the_config_picks_harsher_scanners_and_how_many_sites_they_degrade():
     assert [site_scanner(i, "lowdose50") for i in range(4)] == [None, LOW_DOSE_50] * 2
     assert [site_scanner(i, "lowdose50", "all") for i in range(3)] == [LOW_DOSE_50] * 3
-    # Simulated clients (any process) read the choice from the environment.
-    monkeypatch.setenv(SCANNERS_ENV, "lowdose50")
-    monkeypatch.setenv(DEGRADED_SITES_ENV, "all")
-    assert site_scanner(0) == site_scanner(1) == LOW_DOSE_50
+    # A run's config carries the choice to every simulated client (and into config.json).
     site, pool = _site()
-    cfg = FederationConfig(degrade="site", restore="none")
+    cfg = FederationConfig(degrade="site", restore="none", scanners="lowdose50")
+    assert with_scanner(cfg, site, 0).train is pool
+    assert with_scanner(cfg, site, 1).train[0]["acquisition"] == LOW_DOSE_50
+    cfg = cfg.model_copy(update={"degraded_sites": "all"})
     assert with_scanner(cfg, site, 0).train[0]["acquisition"] == LOW_DOSE_50
     # Or any one degradation SPEC, for every degraded site.
     assert site_scanner(3, "noise:poisson:dose=10,read=0.01") == "noise:poisson:dose=10,read=0.01"
@@ -90,3 +88,15 @@ def test_restoration_keeps_originals_records_provenance_and_caches(tmp_path):
         for a, b in zip(again.train.samples, restored.train.samples, strict=True)
     )
     assert len(list(tmp_path.glob("*.npz"))) == 1
+
+
+def test_simulate_refuses_an_unknown_scanner_before_any_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from festa.simulations.cli import app
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["--scanners", "dose-1", "--out", str(out), "--store", ""])
+    assert result.exit_code == 2, result.output
+    assert "neither" in result.output and "lowdose50" in result.output
+    assert not out.exists()
