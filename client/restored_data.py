@@ -78,9 +78,10 @@ def site_scanner(
 
 def with_scanner(cfg: FederationConfig, site: SiteData, site_index: int) -> SiteData:
     """`site` with its training images as its scanner acquires them, restored if configured."""
-    spec = site_scanner(site_index, cfg.scanners, cfg.degraded_sites)
     counts = {"restored": 0, "pending": 0, "quarantined": 0, "degraded": 0}
-    if spec is None or cfg.degrade == "none":
+    degraded = cfg.degrade != "none"
+    spec = site_scanner(site_index, cfg.scanners, cfg.degraded_sites) if degraded else None
+    if spec is None:
         return replace(site, restoration=counts)
     idx = site.train_indices
     clean = torch.stack([site.train[int(i)]["image"] for i in idx])  # [n, 1, H, W]
