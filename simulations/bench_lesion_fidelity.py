@@ -26,7 +26,8 @@ import numpy as np
 import torch
 import typer
 
-from festa.client.restoration.models import load_bridge
+from festa.client.restoration.models import bridge_specs
+from festa.client.restoration.operators import parse_spec
 from festa.client.restoration.restorer import Restorer
 from festa.shared.data.phantoms import BOX_CLASS_NAMES, Phantom, make_phantom
 from festa.simulations.benchmark_table import publish
@@ -93,10 +94,13 @@ def main(
     torch.set_num_threads(1)
     phantoms = lesion_phantoms(n)
     clean = np.stack([p.image for p in phantoms]).astype(np.float32)
+    specs = {folder.name: spec for spec, folder in bridge_specs(model).items()}
     rows = []
     for case in cases.split(","):
-        spec = load_bridge(model / "bridges" / case).spec
-        degradation = Restorer("cddb", model).parse(spec)
+        if case not in specs:
+            raise typer.BadParameter(f"no bridges/{case} under {model}; have {sorted(specs)}")
+        spec = specs[case]
+        degradation = parse_spec(spec)
         x = torch.from_numpy(clean)[:, None]
         acquired = torch.cat([degradation.simulate(x[i : i + 1], seed=i) for i in range(n)])
         arms = {"clean": clean, "degraded input": acquired[:, 0].clamp(0, 1).numpy()}
