@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from festa.client.body_client import LinkTls, RemoteBodyLink
 from festa.client.restored_data import with_scanner
@@ -33,7 +34,12 @@ from festa.shared.privacy.label_protection import (
     zero_gradient,
 )
 from festa.shared.privacy.update_dp import privatize_update
-from festa.shared.train.drift import add_proximal_term, log_class_prior, logit_adjusted_loss
+from festa.shared.train.drift import (
+    add_proximal_term,
+    class_balanced_indices,
+    logit_adjusted_loss,
+    sampled_log_prior,
+)
 from festa.shared.train.task_model import TaskModel, cycle_batches, evaluate, make_loader, to_device
 
 # Per-site client optimizer state across rounds (`drift.client_optimizer = "persist"`), keyed
@@ -78,7 +84,7 @@ def train_round(
         raise ValueError(f"site {site.site_id} has no training samples for task {site.task}")
     seed = round_seed(cfg.seed, round_number, site.site_id)
     torch.manual_seed(seed)
-    loader = make_loader(site.train, site.train_indices, cfg.optim.batch_size, True, seed)
+    loader = round_loader(cfg, site, round_number)
     perm_gen = torch.Generator().manual_seed(seed)
     if ships_body_snapshot(cfg.label_protection, site.task):
         if body_snapshot is None:
@@ -162,6 +168,24 @@ def train_round(
     }
 
 
+def samples_class_balanced(cfg: FederationConfig, site: SiteData) -> bool:
+    """Whether `site` draws its batches in equal class shares (`drift.sampling`)."""
+    return cfg.drift.sampling == "class-balanced" and site.task == "classification"
+
+
+def round_loader(cfg: FederationConfig, site: SiteData, round_number: int) -> DataLoader:
+    """The seeded loader of one site's round; its first `cfg.local_steps` batches
+    (`cycle_batches`) are what the site trains on: its shuffled pool, or under class-balanced
+    sampling `local_steps` batches drawn in equal class shares."""
+    seed = round_seed(cfg.seed, round_number, site.site_id)
+    batch = cfg.optim.batch_size
+    if samples_class_balanced(cfg, site):
+        count = cfg.local_steps * batch
+        drawn = class_balanced_indices(site.train.labels, site.train_indices, count, seed)
+        return make_loader(site.train, drawn, batch, False, seed)
+    return make_loader(site.train, site.train_indices, batch, True, seed)
+
+
 def label_protection(
     cfg: FederationConfig, site: SiteData, round_number: int, loss_fn: Callable
 ) -> GradTransform | None:
@@ -177,13 +201,14 @@ def label_protection(
 
 def training_loss(cfg: FederationConfig, site: SiteData, model: TaskModel):
     """The loss a site trains with: the task's, or for classification with
-    `drift.logit_adjustment` > 0 the cross-entropy of logits shifted by the site's own log
-    class prior (`festa.shared.train.drift`)."""
+    `drift.logit_adjustment` > 0 the cross-entropy of logits shifted by the log prior of the
+    classes its batches are drawn from (`festa.shared.train.drift`)."""
     tau = cfg.drift.logit_adjustment
     if tau == 0 or model.task.name != "classification":
         return model.task.loss
     labels = site.train.labels[site.train_indices]
-    return logit_adjusted_loss(log_class_prior(labels, cfg.model.num_classes), tau)
+    prior = sampled_log_prior(labels, cfg.model.num_classes, samples_class_balanced(cfg, site))
+    return logit_adjusted_loss(prior, tau)
 
 
 def _params(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:

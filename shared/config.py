@@ -230,7 +230,8 @@ class DriftConfig(FestaModel):
 
     Client side (`festa.shared.train.drift`): `logit_adjustment` tau trains the classifier on
     `logits + tau * log(local class prior)` (balanced softmax / FedLC); `proximal_mu` adds
-    FedProx's `mu / 2 * ||w - w_global||^2`; `client_optimizer = "persist"` keeps each site's
+    FedProx's `mu / 2 * ||w - w_global||^2`; `sampling = "class-balanced"` draws a
+    classification site's batches in equal class shares; `client_optimizer = "persist"` keeps each site's
     AdamW state across rounds instead of a fresh optimizer every round. Server side
     (`festa.server.server_optimizer`): FedAvgM / FedAdam / FedYogi on each task's head/tail,
     with Flower's strategy math; `server_lr` is FedAvgM's server learning rate or FedAdam's eta.
@@ -245,6 +246,11 @@ class DriftConfig(FestaModel):
         "default Dirichlet 0.5 skew plain FedAvg leaves classification at AUC 0.58",
     )
     proximal_mu: float = Field(0.0, ge=0, description="FedProx mu; 0: off")
+    sampling: Literal["shuffle", "class-balanced"] = Field(
+        "shuffle",
+        description="how a classification site draws its batches: shuffle its pool, or equal "
+        "shares of the classes it has (hides its label mix from the tail-bias update)",
+    )
     client_optimizer: Literal["fresh", "persist"] = "fresh"
     server_optimizer: Literal["fedavg", "fedavgm", "fedadam", "fedyogi"] = "fedavg"
     server_lr: float = Field(1.0, gt=0)

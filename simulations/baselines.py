@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
-from festa.client.local_training import round_seed, training_loss
+from festa.client.local_training import round_loader, round_seed, training_loss
 from festa.client.site_data import SiteData, config_for_data, simulated_site
 from festa.server.federation import fedavg_by_task, initial_task_states, weighted_means
 from festa.shared.config import FederationConfig
@@ -62,7 +62,7 @@ class FullModel(nn.Module):
 def _train(model: FullModel, cfg: FederationConfig, site: SiteData, r: int) -> int:
     seed = round_seed(cfg.seed, r, site.site_id)
     torch.manual_seed(seed)
-    loader = make_loader(site.train, site.train_indices, cfg.optim.batch_size, True, seed)
+    loader = round_loader(cfg, site, r)
     opt = torch.optim.AdamW(
         model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
     )

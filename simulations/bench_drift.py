@@ -52,6 +52,10 @@ REMEDIES: dict[str, dict[str, Any]] = {
     # Not in the default grid (`--remedies` picks them): the diagnosis found no gain from a
     # persisted client optimizer, and FedYogi differs from FedAdam only in its second moment.
     "persistent client AdamW": {**PLAIN, "client_optimizer": "persist"},
+    # Class-balanced batches (issue 15: they hide a site's label mix), alone and with the
+    # default logit adjustment (which then adjusts by the sampled prior).
+    "class-balanced sampling": {**PLAIN, "sampling": "class-balanced"},
+    "class-balanced + logit-adjust tau=1": {"logit_adjustment": 1.0, "sampling": "class-balanced"},
     "fedyogi eta=1e-2": {
         **PLAIN,
         "server_optimizer": "fedyogi",

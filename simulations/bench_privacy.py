@@ -99,8 +99,8 @@ def observe_round(
     round_number: int,
 ) -> LocalRound:
     """Run one real client round (`festa.client.local_training.train_round`) against a curious body."""
-    from festa.client.local_training import round_seed, train_round
-    from festa.shared.train.task_model import cycle_batches, make_loader
+    from festa.client.local_training import round_loader, train_round
+    from festa.shared.train.task_model import cycle_batches
 
     model = TaskModel.build(site.task, cfg.model)
     model.load_state_dict(state)
@@ -111,8 +111,7 @@ def observe_round(
     snapshot = copy.deepcopy(body) if ships_body_snapshot(cfg.label_protection, site.task) else None
     train_round(cfg, site, model, link, round_number, snapshot)
     # The same seeded loader order train_round used, to score the attack against the truth.
-    seed = round_seed(cfg.seed, round_number, site.site_id)
-    loader = make_loader(site.train, site.train_indices, cfg.optim.batch_size, True, seed)
+    loader = round_loader(cfg, site, round_number)
     labels = [b["label"] for b in cycle_batches(loader, cfg.local_steps)]
     if [len(y) for y in labels] != [len(g) for g in link.grads]:
         raise RuntimeError("loader order differs from the round's: cannot score the attack")

@@ -251,6 +251,29 @@ def attack_rows(models: dict[tuple[float, int], Trained], args: argparse.Namespa
     return rows
 
 
+LAST_LAYER_ALPHAS = np.logspace(-3, 4, 15)
+
+
+def group_estimates(
+    cal_u: np.ndarray,
+    cal_m: np.ndarray,
+    updates: np.ndarray,
+    sizes: np.ndarray,
+    group: int,
+    alphas: np.ndarray | None = None,
+) -> np.ndarray:
+    """The server's mix estimate `[V', C]` for each site of a whole group when it sees only each
+    group's size-weighted mean update: its estimate of the group's mix, for every member."""
+    used = (len(updates) // group) * group
+    est = np.empty((used, cal_m.shape[1]))
+    for start in range(0, used, group):
+        members = slice(start, start + group)
+        w = sizes[members] / sizes[members].sum()
+        mean_update = (updates[members] * w[:, None]).sum(0, keepdims=True)
+        est[members] = label_mix_attack(cal_u, cal_m, mean_update, alphas)
+    return est
+
+
 def group_attack(
     cal_u: np.ndarray,
     cal_m: np.ndarray,
@@ -258,28 +281,63 @@ def group_attack(
     sizes: np.ndarray,
     truth: np.ndarray,
     group: int,
+    alphas: np.ndarray | None = None,
 ) -> tuple[float, float]:
-    """(attack error, uniform-guess error) when the server sees only each group's size-weighted
-    mean update and guesses that group's mix for every member (the sites of whole groups only)."""
-    est = np.empty_like(truth)
-    for start in range(0, len(updates) - group + 1, group):
-        members = slice(start, start + group)
-        w = sizes[members] / sizes[members].sum()
-        mean_update = (updates[members] * w[:, None]).sum(0, keepdims=True)
-        est[members] = label_mix_attack(cal_u, cal_m, mean_update)
-    used = (len(updates) // group) * group
-    return float(np.abs(est[:used] - truth[:used]).mean()), uniform_mix_error(truth[:used])
+    """(attack error, uniform-guess error) under secure aggregation in groups of `group`
+    (`group_estimates`; the sites of whole groups only)."""
+    est = group_estimates(cal_u, cal_m, updates, sizes, group, alphas)
+    return float(np.abs(est - truth[: len(est)]).mean()), uniform_mix_error(truth[: len(est)])
 
 
-def label_mix_rows(base: Trained, args: argparse.Namespace) -> list[list]:
-    """The tail-bias label-mix attack with and without secure aggregation (group means)."""
+def advantage_interval(
+    est: np.ndarray, truth: np.ndarray, block: int, seed: int = 0
+) -> tuple[float, float, float]:
+    """Uniform-guess error minus attack error (> 0: the attack beats the uniform guess), and its
+    95 % bootstrap interval over blocks of `block` consecutive sites (a secure-aggregation
+    group shares one estimate, so its members are resampled together)."""
+    per_site = (np.abs(truth - 1.0 / truth.shape[1]) - np.abs(est - truth)).mean(axis=1)
+    blocks = per_site[: (len(per_site) // block) * block].reshape(-1, block).mean(axis=1)
+    rng = np.random.default_rng(seed)
+    boot = rng.choice(blocks, size=(2000, len(blocks))).mean(axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return float(blocks.mean()), float(lo), float(hi)
+
+
+def last_layer_key(model_cfg: Any) -> str:
+    """State key prefix of the classification tail's last linear layer (what `_last_bias` reads)."""
+    from torch import nn
+
+    from festa.shared.train.task_model import TaskModel
+
+    model = TaskModel.build("classification", model_cfg)
+    linears = [n for n, m in model.tail.named_modules() if isinstance(m, nn.Linear)]
+    return f"tail.{linears[-1]}"
+
+
+def last_layer_updates(rounds: list, key: str) -> np.ndarray:
+    """Each round's update of the tail's last linear layer, weights and bias, flattened `[R, F]`."""
+    return np.stack(
+        [
+            torch.cat([(sent[k] - received[k]).flatten() for k in (f"{key}.weight", f"{key}.bias")])
+            .double()
+            .numpy()
+            for received, sent in (r.states for r in rounds)
+        ]
+    )
+
+
+def observe_mix_rounds(base: Trained, args: argparse.Namespace, sampling: str) -> tuple:
+    """One round of `args.skew_sites` Dirichlet(0.5) victims (`args.mix_repeats` independent
+    partitions of them, pooled; secure-aggregation groups never span two partitions) and of
+    the attacker's calibration
+    sites on public phantoms with known Dirichlet(0.5) mixes, all drawing batches by `sampling`
+    (the attacker knows the defence), from `base`'s averaged classification model."""
     from festa.client.site_data import SiteData, simulated_site
     from festa.shared.data.datasets import phantom_dataset
     from festa.simulations.bench_privacy import PUBLIC_SEED
 
     cfg = base.cfg
     c = cfg.model.num_classes
-    args.model_cfg = cfg.model
     state = base.averaged["classification"]
     skew = FederationConfig.model_validate(
         {
@@ -287,11 +345,16 @@ def label_mix_rows(base: Trained, args: argparse.Namespace) -> list[list]:
             "tasks": ["classification"],
             "clients": args.skew_sites,
             "partition": "dirichlet:0.5",
+            "drift": {**cfg.drift.model_dump(), "sampling": sampling},
         }
     )
-    sites = [simulated_site(skew, i) for i in range(args.skew_sites)]
-    victims = [observe_round(skew, s, state, base.body, cfg.rounds + 1) for s in sites]
-    sizes = np.array([len(s.train_indices) for s in sites], dtype=float)
+    victims, sizes = [], []
+    for repeat in range(args.mix_repeats):  # fresh Dirichlet draws of the same number of sites
+        drawn = skew.model_copy(update={"seed": cfg.seed + 1000 * repeat})
+        sites = [simulated_site(drawn, i) for i in range(args.skew_sites)]
+        victims += [observe_round(drawn, s, state, base.body, cfg.rounds + 1) for s in sites]
+        sizes += [len(s.train_indices) for s in sites]
+    sizes = np.array(sizes, dtype=float)
     public = phantom_dataset(args.public, cfg.model.image_size, PUBLIC_SEED, site="public")
     rng = np.random.default_rng(cfg.seed)
     by_class = [np.flatnonzero(public.labels == k) for k in range(c)]
@@ -303,27 +366,56 @@ def label_mix_rows(base: Trained, args: argparse.Namespace) -> list[list]:
             f"public-{k}", "classification", public, np.sort(idx), public, np.empty(0, np.int64)
         )
         calibration.append(observe_round(skew, site, state, base.body, cfg.rounds + 1))
-    cal_u = torch.stack([r.bias_update for r in calibration]).numpy()
-    cal_m = np.stack([r.proportions for r in calibration])
-    updates = torch.stack([r.bias_update for r in victims]).numpy()
-    truth = np.stack([r.proportions for r in victims])
-    rows = [
-        [
-            "FedAvg (each site's update)",
-            f"{np.abs(label_mix_attack(cal_u, cal_m, updates) - truth).mean():.3f}",
-            f"{uniform_mix_error(truth):.3f}",
-        ]
-    ]
-    for group in args.group_sizes:
-        err, uniform = group_attack(cal_u, cal_m, updates, sizes, truth, group)
-        rows.append(
-            [
-                f"secure aggregation, groups of {group} (server sees the group mean)",
-                f"{err:.3f}",
-                f"{uniform:.3f}: {'MET' if err >= uniform - 0.005 else 'MISSED'}",
-            ]
-        )
-    rows += dp_label_mix_rows(args, calibration, victims, sizes, truth, c)
+    return calibration, victims, sizes
+
+
+def label_mix_rows(base: Trained, args: argparse.Namespace) -> list[list]:
+    """The tail-bias label-mix attack (and an attack on the tail's whole last layer) with and
+    without secure aggregation (group means), for sites that shuffle their pool and for sites
+    that sample class-balanced batches."""
+    args.model_cfg = base.cfg.model
+    key = last_layer_key(base.cfg.model)
+    rows = []
+    for sampling in args.samplings:
+        calibration, victims, sizes = observe_mix_rounds(base, args, sampling)
+        truth = np.stack([r.proportions for r in victims])
+        cal_m = np.stack([r.proportions for r in calibration])
+        features = {
+            "tail-bias attack": (
+                torch.stack([r.bias_update for r in calibration]).numpy(),
+                torch.stack([r.bias_update for r in victims]).numpy(),
+                None,
+            ),
+            "last-layer attack (weights + bias, ridge CV)": (
+                last_layer_updates(calibration, key),
+                last_layer_updates(victims, key),
+                LAST_LAYER_ALPHAS,
+            ),
+        }
+        for attack, (cal_u, updates, alphas) in features.items():
+            for group in (1, *args.group_sizes):
+                est = group_estimates(cal_u, cal_m, updates, sizes, group, alphas)
+                seen = truth[: len(est)]
+                err, uniform = float(np.abs(est - seen).mean()), uniform_mix_error(seen)
+                gain, lo, hi = advantage_interval(est, seen, group)
+                where = (
+                    "FedAvg (each site's update)"
+                    if group == 1
+                    else f"secure aggregation, groups of {group} (server sees the group mean)"
+                )
+                goal = "" if group == 1 else f": {'MET' if err >= uniform - 0.005 else 'MISSED'}"
+                rows.append(
+                    [
+                        f"{sampling} batches, {attack}, {where}",
+                        f"{err:.3f}",
+                        f"{uniform:.3f}{goal}",
+                        f"{gain:+.3f} [{lo:+.3f}, {hi:+.3f}]",
+                    ]
+                )
+        if sampling == "shuffle":
+            rows += dp_label_mix_rows(
+                args, calibration, victims, sizes, truth, base.cfg.model.num_classes
+            )
     return rows
 
 
@@ -338,16 +430,11 @@ def dp_label_mix_rows(
     """The same attack when every site's head/tail update is clipped and noised
     (`festa.shared.privacy.update_dp`, Flower's helpers) before secure aggregation; the attacker
     knows the defence: it fits its map on public rounds that went through the same DP."""
-    from torch import nn
-
     from festa.shared.privacy.update_dp import gaussian_epsilon, privatize_update
-    from festa.shared.train.task_model import TaskModel
 
     if not args.dp_levels:
         return []
-    model = TaskModel.build("classification", args.model_cfg)
-    linears = [n for n, m in model.tail.named_modules() if isinstance(m, nn.Linear)]
-    key = f"tail.{linears[-1]}.bias"  # the tail's last linear layer: what _last_bias reads
+    key = f"{last_layer_key(args.model_cfg)}.bias"
     norms = [
         float(
             torch.sqrt(
@@ -385,6 +472,7 @@ def dp_label_mix_rows(
                     "round (delta 1e-5)",
                     f"{e:.3f}",
                     f"{u:.3f}: {'MET' if e >= u - 0.005 else 'MISSED'}",
+                    "",
                 ]
             )
     return rows
@@ -481,6 +569,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--skew-sites", type=int, default=6)
     parser.add_argument("--group-sizes", default="3,6")
     parser.add_argument("--calibration-sites", type=int, default=16)
+    parser.add_argument(
+        "--mix-repeats", type=int, default=1, help="label mix: independent partitions of the sites"
+    )
+    parser.add_argument(
+        "--samplings",
+        default="shuffle",
+        help="label mix: how the sites draw batches (shuffle, class-balanced; comma-separated)",
+    )
     parser.add_argument("--dp-noise", default="", help="label mix: DP noise multipliers of updates")
     parser.add_argument(
         "--dp-cost", default="", help="DP noise multipliers to train federations at"
@@ -508,6 +604,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", type=Path, default=Path("/tmp/festa-bench-privacy-defences"))
     parser.add_argument("--no-publish", action="store_true", help="print only")
+    parser.add_argument(
+        "--label-mix-only", action="store_true", help="only the label-mix table (phantoms)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.local_steps, args.train_size, args.val_size = 2, 4, 160, 64
@@ -523,6 +622,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.dp_levels = [float(x) for x in args.dp_noise.split(",") if x.strip()]
     args.dp_cost_levels = [float(x) for x in args.dp_cost.split(",") if x.strip()]
     args.group_sizes = [int(x) for x in args.group_sizes.split(",") if x.strip()]
+    args.samplings = [x.strip() for x in args.samplings.split(",") if x.strip()]
     torch.set_num_threads(args.threads)
     console = Console()
     started = time.perf_counter()
@@ -536,8 +636,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         publish_inversion(args, console, machine, command, started)
         return
     models = train_arms(args, console)
-    costs = cost_rows(models, args)
-    attacks = attack_rows(models, args)
+    costs = [] if args.label_mix_only else cost_rows(models, args)
+    attacks = [] if args.label_mix_only else attack_rows(models, args)
     cfg0 = models[(0.0, args.seed_list[0])].cfg
     data = "cxr-open" if args.federation else "phantoms"
     # the label-mix attack calibrates on public phantoms: measured on the phantom federation
@@ -554,47 +654,58 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"per-sample label sensitivity. Wall time {time.perf_counter() - started:.0f} s."
     )
     write = not args.no_publish
-    publish(
-        f"Privacy defences: accuracy cost of label protection ({data})",
-        command,
-        [
-            "protection",
-            "classification auc",
-            "segmentation dice",
-            "Δ auc (paired)",
-            "Δ dice (paired)",
-            "Δ auc per seed",
-        ],
-        costs,
-        notes=setup,
-        machine=machine,
-        console=console,
-        write=write,
-    )
-    publish(
-        f"Privacy defences: labels from returned gradients under label protection ({data})",
-        command,
-        ["protection", "attack", "labels recovered (mean ± sd over seeds)", "majority", "goal"],
-        attacks,
-        notes="One more client round of client-0 (classification) of each seed's model, "
-        f"{cfg0.local_steps} steps of batch {cfg0.optim.batch_size}, against a curious body; "
-        "the attacker holds the averaged tail the server sent at the start of the round.",
-        machine=machine,
-        console=console,
-        write=write,
-    )
+    if not args.label_mix_only:
+        publish(
+            f"Privacy defences: accuracy cost of label protection ({data})",
+            command,
+            [
+                "protection",
+                "classification auc",
+                "segmentation dice",
+                "Δ auc (paired)",
+                "Δ dice (paired)",
+                "Δ auc per seed",
+            ],
+            costs,
+            notes=setup,
+            machine=machine,
+            console=console,
+            write=write,
+        )
+        publish(
+            f"Privacy defences: labels from returned gradients under label protection ({data})",
+            command,
+            ["protection", "attack", "labels recovered (mean ± sd over seeds)", "majority", "goal"],
+            attacks,
+            notes="One more client round of client-0 (classification) of each seed's model, "
+            f"{cfg0.local_steps} steps of batch {cfg0.optim.batch_size}, against a curious body; "
+            "the attacker holds the averaged tail the server sent at the start of the round.",
+            machine=machine,
+            console=console,
+            write=write,
+        )
     if mix is None:
         return
     dp_costs = dp_cost_rows(models, args, console) if args.dp_cost_levels else []
     publish(
         "Privacy defences: label mix from tail-bias updates under secure aggregation (phantoms)",
         command,
-        ["what the server sees", "mean abs. error per class", "uniform guess"],
+        [
+            "what the server sees",
+            "mean abs. error per class",
+            "uniform guess",
+            "uniform minus attack error [95 % CI]",
+        ],
         mix,
-        notes=f"{args.skew_sites} Dirichlet(0.5) classification sites, one round from the "
-        f"noise-0 seed-{cfg0.seed} model; linear map fitted on {args.calibration_sites} public "
-        "rounds. Under secure aggregation the server's per-site estimate is its estimate of the "
-        "group's mix (the group mean of the bias updates, weighted by site size).",
+        notes=f"{args.mix_repeats} x {args.skew_sites} Dirichlet(0.5) classification sites "
+        f"(independent partitions), one round each from the noise-0 seed-{cfg0.seed} model; "
+        f"linear maps fitted on {args.calibration_sites} public rounds that drew their batches "
+        "the same way (the attacker knows the sampling). Under secure aggregation the server's "
+        "per-site estimate is its estimate of the group's mix (from the group mean of the "
+        "updates, weighted by site size). Tail-bias attack: least squares on the last layer's "
+        "bias update; last-layer attack: ridge (penalty by leave-one-out) on its standardised "
+        "weight and bias update. Last column: > 0 where the attack beats the uniform guess; "
+        "interval: bootstrap over groups of sites (FedAvg: over sites).",
         machine=machine,
         console=console,
         write=write,

@@ -101,6 +101,13 @@ def simulate(
             "class prior) (balanced softmax / FedLC); 0: plain cross-entropy"
         ),
     ] = None,
+    sampling: Annotated[
+        str | None,
+        typer.Option(
+            help="shuffle | class-balanced: how classification sites draw batches "
+            "(class-balanced: equal shares of the classes a site has)"
+        ),
+    ] = None,
     proximal_mu: Annotated[
         float | None, typer.Option(help="FedProx proximal term mu on heads/tails (0: off)")
     ] = None,
@@ -182,6 +189,7 @@ def simulate(
                 merged["partition"] = "natural"
         drift = dict(
             logit_adjustment=logit_adjustment,
+            sampling=sampling,
             proximal_mu=proximal_mu,
             client_optimizer=client_optimizer,
             server_optimizer=server_optimizer,

@@ -5,6 +5,11 @@
   frequencies; at inference the plain logits are used. A site that sees one class 100 times
   and another 5 times no longer learns that prior into its tail, so the averaged tail is not
   pulled towards whichever site dominated the last steps.
+- **Class-balanced sampling**: a classification site draws every batch with its classes in
+  equal shares (the classes it has), instead of shuffling its pool. The tail then trains on the
+  same class mix at every site, which removes the label skew at its source, and the tail-bias
+  update no longer carries the site's label mix (issue 15's label-mix attack; BENCHMARKS.md,
+  "Privacy defences"). The logit adjustment then uses the sampled prior, not the pool's.
 - **Proximal term** (FedProx, Li et al., MLSys 2020): `mu / 2 * ||w - w_round_start||^2` added
   to the local objective, i.e. `mu * (w - w0)` added to each gradient before the optimizer step.
 
@@ -34,6 +39,40 @@ def log_class_prior(labels: np.ndarray, num_classes: int) -> torch.Tensor:
         )
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     return torch.tensor(np.log((counts + 1.0) / (counts.sum() + num_classes)), dtype=torch.float32)
+
+
+def class_balanced_indices(
+    labels: np.ndarray, indices: np.ndarray, count: int, seed: int
+) -> np.ndarray:
+    """`count` entries of `indices` drawn so that every class present in `labels[indices]`
+    has an equal share, in an order where each run of k draws (k the number of classes present)
+    holds one of each: classes follow shuffled rounds, and each class walks through its own
+    shuffled examples, reshuffling when it has used them all. Deterministic in `seed`."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if indices.size == 0:
+        raise ValueError("class-balanced sampling needs at least one example")
+    rng = np.random.default_rng(seed)
+    site_labels = np.asarray(labels)[indices]
+    classes = np.unique(site_labels)
+    pools = {int(c): indices[site_labels == c] for c in classes}
+    queues: dict[int, list[int]] = {c: [] for c in pools}
+    out = np.empty(count, dtype=np.int64)
+    order: list[int] = []
+    for i in range(count):
+        if not order:
+            order = rng.permutation(classes).tolist()
+        c = int(order.pop())
+        if not queues[c]:
+            queues[c] = rng.permutation(pools[c]).tolist()
+        out[i] = queues[c].pop()
+    return out
+
+
+def sampled_log_prior(labels: np.ndarray, num_classes: int, class_balanced: bool) -> torch.Tensor:
+    """The log class prior a site's batches are drawn from: its pool's frequencies, or under
+    class-balanced sampling equal shares of the classes it has (`log_class_prior`'s smoothing)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    return log_class_prior(np.unique(labels) if class_balanced else labels, num_classes)
 
 
 def logit_adjusted_loss(log_prior: torch.Tensor, tau: float) -> LossFn:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from festa.client import local_training
-from festa.client.local_training import train_round, training_loss
+from festa.client.local_training import round_loader, train_round, training_loss
 from festa.client.site_data import simulated_site
 from festa.shared.config import DataConfig, DriftConfig, FederationConfig, ModelConfig
 from festa.shared.model.body import Body
 from festa.shared.model.split import LocalBodyLink
 from festa.shared.train.drift import log_class_prior, logit_adjusted_loss
-from festa.shared.train.task_model import TaskModel
+from festa.shared.train.task_model import TaskModel, cycle_batches
 
 CFG = FederationConfig(
     model=ModelConfig(image_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2),
@@ -80,3 +81,31 @@ def test_persistent_client_optimizer_continues_its_adam_state():
     fresh = _cfg(client_optimizer="fresh")
     train_round(fresh, simulated_site(fresh, 0), model, link, 1)
     assert (fresh.model_dump_json(), site.site_id) not in local_training._OPTIMIZER_STATES
+
+
+def test_class_balanced_sampling_draws_a_classification_sites_batches_in_equal_shares():
+    cfg = _cfg(sampling="class-balanced").model_copy(
+        update={"partition": "dirichlet:0.1", "clients": 4}
+    )
+    site = simulated_site(cfg, 0)
+    pool = np.bincount(site.train.labels[site.train_indices], minlength=3)
+    assert pool.max() > 2 * pool[pool > 0].min()  # the site's pool is skewed
+    labels = torch.cat([b["label"] for b in cycle_batches(round_loader(cfg, site, 1), 4)])
+    counts = np.bincount(labels.numpy(), minlength=3)
+    assert len(labels) == cfg.local_steps * cfg.optim.batch_size
+    assert counts[pool > 0].max() - counts[pool > 0].min() <= 1 and (counts[pool == 0] == 0).all()
+    # the logit adjustment follows the sampled prior, not the pool's
+    model = TaskModel.build(site.task, cfg.model)
+    batch, logits = {"label": torch.tensor([0, 1, 2, 2])}, torch.randn(4, 3)
+    prior = log_class_prior(np.flatnonzero(pool), 3)
+    assert torch.allclose(
+        training_loss(cfg, site, model)(logits, batch),
+        logit_adjusted_loss(prior, 1.0)(logits, batch),
+    )
+    # a segmentation site still shuffles its own pool
+    seg = simulated_site(cfg, 1)
+    shuffled = round_loader(cfg.model_copy(update={"drift": DriftConfig()}), seg, 1)
+    assert [b["image"].sum() for b in cycle_batches(round_loader(cfg, seg, 1), 2)] == [
+        b["image"].sum() for b in cycle_batches(shuffled, 2)
+    ]
+    train_round(cfg, site, model, LocalBodyLink(Body(cfg.model)), 1)  # trains end to end

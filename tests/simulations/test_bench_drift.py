@@ -39,3 +39,10 @@ def test_server_optimizer_remedies_are_valid_configs(name):
 
 def _args():
     return SimpleNamespace(clients=2, rounds=1, local_steps=1, train_size=16, val_size=8)
+
+
+def test_class_balanced_remedies_sample_in_equal_shares():
+    alone = bench_config("iid", REMEDIES["class-balanced sampling"], 0, _args()).drift
+    with_la = bench_config("iid", REMEDIES["class-balanced + logit-adjust tau=1"], 0, _args()).drift
+    assert alone.sampling == with_la.sampling == "class-balanced"
+    assert (alone.logit_adjustment, with_la.logit_adjustment) == (0, 1)

@@ -7,7 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from festa.shared.train.drift import add_proximal_term, log_class_prior, logit_adjusted_loss
+from festa.shared.train.drift import (
+    add_proximal_term,
+    class_balanced_indices,
+    log_class_prior,
+    logit_adjusted_loss,
+    sampled_log_prior,
+)
 
 
 def test_log_class_prior_is_laplace_smoothed_frequencies():
@@ -47,3 +53,26 @@ def test_proximal_term_pulls_towards_the_round_start_weights():
     assert torch.allclose(w.detach(), torch.tensor([1.4, -1.6]))
     with pytest.raises(ValueError):
         add_proximal_term(opt, [w], mu=-1.0)
+
+
+def test_class_balanced_indices_give_every_present_class_an_equal_share():
+    labels = np.array([0] * 60 + [1] * 3 + [2] * 20)  # the dataset; class 2 not at this site
+    pool = np.arange(63)  # classes 0 and 1 only, 20 : 1
+    drawn = class_balanced_indices(labels, pool, 40, seed=7)
+    assert set(drawn.tolist()) <= set(pool.tolist())
+    assert np.bincount(labels[drawn], minlength=3).tolist() == [20, 20, 0]
+    pairs = labels[drawn].reshape(-1, 2)  # each run of 2 draws holds one of each class
+    assert (np.sort(pairs, axis=1) == [0, 1]).all()
+    # the rare class cycles through all its examples before repeating one
+    assert sorted(drawn[labels[drawn] == 1][:3].tolist()) == [60, 61, 62]
+    assert np.array_equal(drawn, class_balanced_indices(labels, pool, 40, seed=7))
+    assert not np.array_equal(drawn, class_balanced_indices(labels, pool, 40, seed=8))
+    with pytest.raises(ValueError, match="at least one example"):
+        class_balanced_indices(labels, np.array([], dtype=np.int64), 4, seed=0)
+
+
+def test_sampled_prior_is_uniform_over_present_classes_under_balanced_sampling():
+    labels = np.array([0] * 9 + [1])
+    assert torch.allclose(sampled_log_prior(labels, 3, False), log_class_prior(labels, 3))
+    balanced = sampled_log_prior(labels, 3, True).exp()
+    assert torch.allclose(balanced, torch.tensor([2 / 5, 2 / 5, 1 / 5]))
