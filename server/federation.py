@@ -39,7 +39,12 @@ from rich.table import Table
 
 from festa.server.body_service import BodyService, RoundReport, TlsFiles, issue_token
 from festa.server.records import BodyRound, ClientRound, RoundRecord
-from festa.server.secure_aggregation import Member, check_group_sizes, secure_fedavg
+from festa.server.secure_aggregation import (
+    Member,
+    check_group_sizes,
+    label_mix_caveat,
+    secure_fedavg,
+)
 from festa.server.server_optimizer import ServerOptimizer
 from festa.server.store.recorder import RunRecorder
 from festa.server.store.runstore import RunStore
@@ -178,6 +183,7 @@ class Federation:
         # Every task starts from one seeded initialisation; every client of a task from its average.
         self.task_states = initial_task_states(cfg)
         self.server_optimizer = ServerOptimizer(cfg.drift)
+        self._label_mix_caveat: str | None = None  # printed once per change of roster
         self.client_states: dict[str, dict[str, torch.Tensor]] = {}
         self.history: list[RoundRecord] = []
         self.reply_states: dict[str, dict[str, torch.Tensor]] = {}  # last round's, for audit
@@ -292,7 +298,12 @@ class Federation:
         cfg = self.cfg
         secure = cfg.secure_aggregation
         if secure:
-            check_group_sizes({c.site_id: c.task for c in clients})
+            roster = {c.site_id: c.task for c in clients}
+            check_group_sizes(roster)
+            caveat = label_mix_caveat(roster, cfg.drift.logit_adjustment)
+            if caveat and caveat != self._label_mix_caveat:
+                self.console.print(f"[yellow]warning: {caveat}[/]")
+            self._label_mix_caveat = caveat
         phase = cfg.schedule.phase(r, cfg.rounds)
         train_body = cfg.schedule.trains_body(phase)
         started = time.perf_counter()

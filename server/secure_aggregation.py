@@ -64,6 +64,26 @@ def check_group_sizes(tasks_of_sites: Mapping[str, str]) -> None:
         )
 
 
+LABEL_MIX_SAFE_GROUP = 6
+"""Smallest classification group in which the label-mix attacks stayed at the uniform guess
+with the logit adjustment off (BENCHMARKS.md, "label mix under secure aggregation")."""
+
+
+def label_mix_caveat(tasks_of_sites: Mapping[str, str], logit_adjustment: float) -> str | None:
+    """A warning for a roster whose classification group, under secure aggregation, is too
+    small to hide its sites' label mixes when they train without the logit adjustment (with it,
+    as by default, groups of MIN_SECURE_GROUP measured no leak); None when there is nothing to say."""
+    n = sum(task == "classification" for task in tasks_of_sites.values())
+    if logit_adjustment > 0 or n == 0 or n >= LABEL_MIX_SAFE_GROUP:
+        return None
+    return (
+        f"drift.logit_adjustment = 0 with {n} classification sites under secure aggregation: "
+        "their average update measurably reveals the group's label mix below "
+        f"{LABEL_MIX_SAFE_GROUP} sites (BENCHMARKS.md, label mix under secure aggregation); "
+        "keep the logit adjustment on (default 1) or add sites"
+    )
+
+
 def secure_fedavg(
     send: Send,
     round_number: int,

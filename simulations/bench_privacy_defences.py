@@ -345,7 +345,15 @@ def observe_mix_rounds(base: Trained, args: argparse.Namespace, sampling: str) -
             "tasks": ["classification"],
             "clients": args.skew_sites,
             "partition": "dirichlet:0.5",
-            "drift": {**cfg.drift.model_dump(), "sampling": sampling},
+            "drift": {
+                **cfg.drift.model_dump(),
+                "sampling": sampling,
+                **(
+                    {}
+                    if args.mix_logit_adjustment is None
+                    else {"logit_adjustment": args.mix_logit_adjustment}
+                ),
+            },
         }
     )
     victims, sizes = [], []
@@ -570,6 +578,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--group-sizes", default="3,6")
     parser.add_argument("--calibration-sites", type=int, default=16)
     parser.add_argument(
+        "--mix-logit-adjustment",
+        type=float,
+        default=None,
+        help="label mix: the sites' logit adjustment tau (default: the model's, 1)",
+    )
+    parser.add_argument(
         "--mix-repeats", type=int, default=1, help="label mix: independent partitions of the sites"
     )
     parser.add_argument(
@@ -698,7 +712,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         ],
         mix,
         notes=f"{args.mix_repeats} x {args.skew_sites} Dirichlet(0.5) classification sites "
-        f"(independent partitions), one round each from the noise-0 seed-{cfg0.seed} model; "
+        + (
+            ""
+            if args.mix_logit_adjustment is None
+            else f"training with logit adjustment tau {args.mix_logit_adjustment:g} "
+        )
+        + f"(independent partitions), one round each from the noise-0 seed-{cfg0.seed} model; "
         f"linear maps fitted on {args.calibration_sites} public rounds that drew their batches "
         "the same way (the attacker knows the sampling). Under secure aggregation the server's "
         "per-site estimate is its estimate of the group's mix (from the group mean of the "

@@ -10,10 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 
 from festa.client import secure_aggregation as client
 from festa.server.federation import ClientInfo, Federation, Reply
-from festa.server.secure_aggregation import Member, check_group_sizes, secure_fedavg
+from festa.server.secure_aggregation import (
+    Member,
+    check_group_sizes,
+    label_mix_caveat,
+    secure_fedavg,
+)
 from festa.shared.config import FederationConfig
 from festa.shared.fedavg import fedavg
 from festa.shared.secure_aggregation import (
@@ -192,6 +198,21 @@ def test_a_secure_federation_reaches_plain_fedavgs_model(tmp_path):
     for key, value in runs["plain"].task_states["classification"].items():
         other = runs["secure"].task_states["classification"][key]
         assert torch.allclose(value, other, atol=1e-5), key
+
+
+def test_secure_classification_groups_without_the_logit_adjustment_are_warned_once(tmp_path):
+    roster = {"a": "classification", "b": "classification", "c": "classification"}
+    assert label_mix_caveat(roster, 1.0) is None  # the default: groups of 3 measured no leak
+    assert "3 classification sites" in label_mix_caveat(roster, 0.0)
+    six = {f"s{i}": "classification" for i in range(6)}
+    assert label_mix_caveat({**six, "d": "segmentation"}, 0.0) is None
+    for tau, warned in ((0.0, 1), (1.0, 0)):
+        cfg = FederationConfig.model_validate(
+            {**CONFIG, "secure_aggregation": True, "drift": {"logit_adjustment": tau}}
+        )
+        console = Console(record=True, width=400)
+        Federation(cfg, tmp_path / f"tau{tau}", console=console).run(InProcessTransport(cfg))
+        assert console.export_text().count("reveals the group's label mix") == warned
 
 
 def test_a_federation_with_a_group_of_two_is_refused(tmp_path):
