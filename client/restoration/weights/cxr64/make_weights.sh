@@ -46,6 +46,15 @@ case "${1:-all}" in
   lowdose|all)
     bridge lowdose "noise:poisson:dose=200,read=0.01" 120 client/restoration/weights/phantom64/prior
     continue_bridge lowdose "noise:poisson:dose=200,read=0.01" 2900  # 33 min of one core
+    # Stage 3 (2026-12-07 evening): 3,000 more steps at a lower lr from the stage-2 weights,
+    # seed 2, nice 10 on one core (~48 min, shared for the first half); trained into a scratch
+    # folder and copied here, which is what festa_training.json records. CDDB-deep@1 on 20 val
+    # images: 32.50 -> 32.67 dB.
+    nice -n 10 python -m festa.client.restoration.cli train-bridge \
+      --degradation "noise:poisson:dose=200,read=0.01" --data "$CXR" --size 64 \
+      --out $W/bridges/lowdose --init-from $W/bridges/lowdose --steps 3000 --batch 16 --lr 2e-4 \
+      --seed 2 --preset small --threads 1
+    rm -f $W/bridges/lowdose/checkpoint.pt
     ;;&
   bridges|all)
     bridge gaussblur2 "blur:gauss:sigma=2+noise:gauss:sigma=0.01" 120 $W/prior
