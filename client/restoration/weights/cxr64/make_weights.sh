@@ -59,10 +59,12 @@ case "${1:-all}" in
   bridges|all)
     bridge gaussblur2 "blur:gauss:sigma=2+noise:gauss:sigma=0.01" 120 $W/prior
     continue_bridge gaussblur2 "blur:gauss:sigma=2+noise:gauss:sigma=0.01" 1700  # ~20 min
-    # Not trained in the budget (sr2 was started and stopped at step < 20; inpaintbox never
-    # started), so CDDB has no bridge for these cases:
-    #   bridge sr2 "sr:2+noise:gauss:sigma=0.01" 100 $W/prior
-    #   bridge inpaintbox "inpaint:box" 100 $W/prior
+    # sr2 (2026-12-07 evening, one stage from the prior; nice 5-10 on one core, ~25 min, partly
+    # shared), trained into a scratch folder and copied here, which festa_training.json records:
+    nice -n 5 python -m festa.client.restoration.cli train-bridge \
+      --degradation "sr:2+noise:gauss:sigma=0.01" --data "$CXR" --size 64 --out $W/bridges/sr2 \
+      --init-from $W/prior --steps 1800 --batch 16 --lr 5e-4 --seed 0 --preset small --threads 1
+    rm -f $W/bridges/sr2/checkpoint.pt
     ;;&
   gctm|all)
     # One-step GCTM models distilled from the stage-2 bridges (client/restoration/gctm.py), on
