@@ -65,6 +65,11 @@ case "${1:-all}" in
       --degradation "sr:2+noise:gauss:sigma=0.01" --data "$CXR" --size 64 --out $W/bridges/sr2 \
       --init-from $W/prior --steps 1800 --batch 16 --lr 5e-4 --seed 0 --preset small --threads 1
     rm -f $W/bridges/sr2/checkpoint.pt
+    # inpaintbox, the same way (nice 5, ~25 min of one core, partly shared):
+    nice -n 5 python -m festa.client.restoration.cli train-bridge --degradation "inpaint:box" \
+      --data "$CXR" --size 64 --out $W/bridges/inpaintbox --init-from $W/prior --steps 1800 \
+      --batch 16 --lr 5e-4 --seed 0 --preset small --threads 1
+    rm -f $W/bridges/inpaintbox/checkpoint.pt
     ;;&
   gctm|all)
     # One-step GCTM models distilled from the stage-2 bridges (client/restoration/gctm.py), on
