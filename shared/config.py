@@ -249,7 +249,7 @@ class DriftConfig(FestaModel):
     sampling: Literal["shuffle", "class-balanced"] = Field(
         "shuffle",
         description="how a classification site draws its batches: shuffle its pool, or equal "
-        "shares of the classes it has (hides its label mix from the tail-bias update)",
+        "shares of the classes it has (helps at moderate label skew, hurts at extreme skew)",
     )
     client_optimizer: Literal["fresh", "persist"] = "fresh"
     server_optimizer: Literal["fedavg", "fedavgm", "fedadam", "fedyogi"] = "fedavg"

@@ -304,7 +304,8 @@ def advantage_interval(
 
 
 def last_layer_key(model_cfg: Any) -> str:
-    """State key prefix of the classification tail's last linear layer (what `_last_bias` reads)."""
+    """State key prefix of the classification tail's last linear layer (whose bias the tail-bias
+    attack reads)."""
     from torch import nn
 
     from festa.shared.train.task_model import TaskModel
@@ -328,10 +329,10 @@ def last_layer_updates(rounds: list, key: str) -> np.ndarray:
 
 def observe_mix_rounds(base: Trained, args: argparse.Namespace, sampling: str) -> tuple:
     """One round of `args.skew_sites` Dirichlet(0.5) victims (`args.mix_repeats` independent
-    partitions of them, pooled; secure-aggregation groups never span two partitions) and of
-    the attacker's calibration
-    sites on public phantoms with known Dirichlet(0.5) mixes, all drawing batches by `sampling`
-    (the attacker knows the defence), from `base`'s averaged classification model."""
+    partitions of them, pooled in order, so a group size dividing `skew_sites` never spans two
+    partitions) and of the attacker's calibration sites on public phantoms with known
+    Dirichlet(0.5) mixes, all drawing batches by `sampling` (the attacker knows the defence),
+    from `base`'s averaged classification model."""
     from festa.client.site_data import SiteData, simulated_site
     from festa.shared.data.datasets import phantom_dataset
     from festa.simulations.bench_privacy import PUBLIC_SEED
