@@ -265,13 +265,11 @@ def group_estimates(
     """The server's mix estimate `[V', C]` for each site of a whole group when it sees only each
     group's size-weighted mean update: its estimate of the group's mix, for every member."""
     used = (len(updates) // group) * group
-    est = np.empty((used, cal_m.shape[1]))
-    for start in range(0, used, group):
-        members = slice(start, start + group)
-        w = sizes[members] / sizes[members].sum()
-        mean_update = (updates[members] * w[:, None]).sum(0, keepdims=True)
-        est[members] = label_mix_attack(cal_u, cal_m, mean_update, alphas)
-    return est
+    w = sizes[:used].reshape(-1, group)
+    w = w / w.sum(axis=1, keepdims=True)
+    means = (updates[:used].reshape(-1, group, updates.shape[1]) * w[..., None]).sum(axis=1)
+    # one fit on the calibration rounds, one estimate per group, repeated for its members
+    return np.repeat(label_mix_attack(cal_u, cal_m, means, alphas), group, axis=0)
 
 
 def group_attack(
