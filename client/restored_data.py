@@ -116,9 +116,12 @@ def _restore(
 
     solver_spec = SOLVER_SPEC.get(cfg.restore, {}).get(spec, spec)
     model_dir = Path(cfg.restore_model_dir) if cfg.restore_model_dir else default_model_dir(real)
+    fit = cfg.restore_fit
     key = hashlib.sha256(
         acquired.tobytes()
-        + json.dumps([cfg.restore, cfg.restore_nfe, solver_spec, str(model_dir), cfg.seed]).encode()
+        + json.dumps(
+            [cfg.restore, cfg.restore_nfe, solver_spec, str(model_dir), cfg.seed, fit]
+        ).encode()
     ).hexdigest()[:24]
     cache = Path(cfg.restore_cache) / f"{key}.npz"
     if cache.exists():
@@ -127,7 +130,7 @@ def _restore(
         counts.update(json.loads(str(data["counts"])))
         return data["images"], provenance, counts
 
-    restorer = Restorer(cfg.restore, model_dir, nfe=cfg.restore_nfe, device=cfg.device)
+    restorer = Restorer(cfg.restore, model_dir, nfe=cfg.restore_nfe, device=cfg.device, fit=fit)
     out = acquired.copy()
     provenance: list[dict[str, Any] | None] = [None] * len(acquired)
     batch = 32

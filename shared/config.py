@@ -373,6 +373,12 @@ class FederationConfig(FestaModel):
         "cddb", description="restoration method degraded sites run before training"
     )
     restore_nfe: int | None = Field(10, ge=1, description="network evaluations per image")
+    restore_fit: float | None = Field(
+        None,
+        ge=0,
+        description="weight of the final pull of each restored image towards its scan "
+        "(keeps small findings; 0: off); None: the solvers' default",
+    )
     restore_model_dir: str = Field(
         "", description="priors/bridges folder; empty: committed cxr64 (real data) or phantom64"
     )

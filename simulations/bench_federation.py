@@ -82,6 +82,8 @@ def _load(out: Path) -> dict:
 def _to_toml(data: dict, prefix: str = "") -> str:
     scalars, tables = [], []
     for key, value in data.items():
+        if value is None:  # TOML has no null: an absent key loads as the field's default None
+            continue
         if isinstance(value, dict):
             tables.append(_to_toml(value, f"{prefix}{key}."))
         else:

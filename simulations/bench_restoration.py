@@ -2,7 +2,7 @@
 baselines and deepinv's solvers on the same prior.
 
     python -m festa.simulations.bench_restoration [--model client/restoration/weights/cxr64]
-        [--n-val 20] [--cases "low dose,gauss blur"]
+        [--n-val 20] [--cases "low dose,gauss blur"] [--fits default,0,0.01]
 
 Images: the first ``--n-val`` rows of the cxr-open ``val`` split (never used to train the cxr64
 weights), area-downsized to the model's size. Observations are made by
@@ -12,10 +12,13 @@ weights), area-downsized to the model's size. Observations are made by
 scale), reported as mean ± std over the images; the goal column checks each festa solver against
 the degraded input and the best classical baseline (+1 dB each). Per-image scores and the
 settings go to ``runs/bench-restoration/<time>.json``; the table goes to BENCHMARKS.md.
+``--fits`` gives each festa solver one row per final-fit weight (``Restorer``'s ``fit``; rows
+without ``fit`` in their label use each degradation's default: 1e-3, off for low dose).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -128,6 +131,12 @@ def main(
         "", "--methods", help="Comma-separated festa solvers to run (default: each case's all)."
     ),
     deepinv: bool = typer.Option(True, "--deepinv/--no-deepinv", help="Run deepinv's solvers."),
+    fits: str = typer.Option(
+        "",
+        "--fits",
+        help="Comma-separated final-fit weights of the festa solvers (Restorer's fit; 0: off; "
+        "'default': each degradation's default), one row each. Default: 'default' only.",
+    ),
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(1, "--threads"),
     write: bool = typer.Option(True, "--write/--no-write", help="Append to BENCHMARKS.md."),
@@ -153,6 +162,9 @@ def main(
     nfe = {"dps": [dps_nfe], "cddb": cddb_steps, "cddb-deep": cddb_steps, "blinddps": [blind_nfe]}
     wanted = set(methods.split(",")) if methods else set(nfe)
     nfe = {m: n for m, n in nfe.items() if m in wanted}
+    fit_values: list[float | None] = [
+        None if v == "default" else float(v) for v in (fits or "default").split(",")
+    ]
     results: dict[str, dict[str, dict]] = {}
     start_all = time.perf_counter()
     out = (
@@ -161,7 +173,8 @@ def main(
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {
         "model": str(model), "n_val": len(clean), "val_ids": ids, "tune_ids": tune_ids,
-        "nfe": nfe, "deepinv_steps": deepinv_steps if deepinv else 0, "seed": seed,
+        "nfe": nfe, "final_fit": ["default" if f is None else f for f in fit_values],
+        "deepinv_steps": deepinv_steps if deepinv else 0, "seed": seed,
         "cases": [c.__dict__ for c in chosen],
         "torch": torch.__version__, "load_at_start": os.getloadavg()[0],
     }  # fmt: skip
@@ -187,10 +200,12 @@ def main(
         for method in case.festa:
             if method not in wanted:
                 continue
-            for steps in nfe[method]:
+            for steps, fit in itertools.product(nfe[method], fit_values):
                 label = f"festa {method} @{steps}"
+                if fit is not None:
+                    label += f" fit {fit:g}"
                 try:
-                    restorer = Restorer(method, model, nfe=steps)
+                    restorer = Restorer(method, model, nfe=steps, fit=fit)
                     t = time.perf_counter()
                     restored = restorer.restore(y, case.restore, seed=seed)
                 except RestorationError as e:  # a missing bridge is a reported gap, not a crash
@@ -252,7 +267,8 @@ def report(
             f"`{model.relative_to(REPO) if model.is_relative_to(REPO) else model}` (64 px). "
             f"Images: the first {len(ids)} cxr-open val rows (id prefixes {', '.join(sites)}; "
             "their finding labels are confounded with site, irrelevant to PSNR/SSIM), "
-            f"area-downsized, mean ± std over images; seed {first['seed']}; NFE {first['nfe']}, "
+            f"area-downsized, mean ± std over images; seed {first['seed']}; NFE {first['nfe']}; "
+            f"final fit {first.get('final_fit', 0)}, "
             f"deepinv steps {first['deepinv_steps'] or 'not run'}. Classical parameters (in brackets) tuned "
             f"on {len(first['tune_ids'])} train images. Goal: festa solver ≥ {GOAL_DB:g} dB "
             "above both the degraded input and the best classical row. Per-image scores: "

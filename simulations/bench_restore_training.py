@@ -2,7 +2,7 @@
 
     python -m festa.simulations.bench_restore_training [--rounds 12] [--local-steps 30]
         [--seeds 0,1,2] [--tasks classification,segmentation,detection]
-        [--methods gctm,cddb | gctm@1,cddb@10] [--nfe 10] [--engine inprocess]
+        [--methods gctm,cddb | gctm@1,cddb@10] [--nfe 10] [--fit F] [--engine inprocess]
         [--scanners default|lowdose50|blur3|SPEC] [--degraded-sites half|all] [--clients 6]
         [--no-write]
 
@@ -86,7 +86,8 @@ def _run_arms(
             cfg = base.model_copy(update={**arm, "seed": seed})
             name = f"{label.split()[0]}-{cfg.restore}-seed{seed}"
             if cfg.restore != "none":
-                name = f"{label.split()[0]}-{cfg.restore}-nfe{cfg.restore_nfe}-seed{seed}"
+                fit = "" if cfg.restore_fit is None else f"-fit{cfg.restore_fit:g}"
+                name = f"{label.split()[0]}-{cfg.restore}-nfe{cfg.restore_nfe}{fit}-seed{seed}"
             out = work / (name if cfg.degrade == "none" else f"{scanning}-{name}")
             s = simulate(cfg, out, engine)
             values.setdefault(label, {})[seed] = [primary(s["final"], t) for t in base.tasks]
@@ -113,6 +114,12 @@ def main(argv: list[str] | None = None) -> None:
         help="comma-separated restoration methods, each optionally METHOD@NFE (e.g. gctm@1)",
     )
     parser.add_argument("--nfe", type=int, default=10, help="NFE of a method given without @")
+    parser.add_argument(
+        "--fit",
+        type=float,
+        default=None,
+        help="restorations' final-fit weight (restore_fit; 0: off; default: each scanner's)",
+    )
     parser.add_argument("--engine", choices=["flower", "inprocess"], default="inprocess")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument(
@@ -150,11 +157,12 @@ def main(argv: list[str] | None = None) -> None:
         method, _, nfe = m.partition("@")
         try:
             n = int(nfe) if nfe else args.nfe
-            arm = {"degrade": "site", "restore": method, "restore_nfe": n}
+            arm = {"degrade": "site", "restore": method, "restore_nfe": n, "restore_fit": args.fit}
             FederationConfig(**{**update, **arm})  # validates the method and NFE
         except ValueError as exc:
             parser.error(f"--methods: {m!r} is not METHOD or METHOD@NFE ({exc})")
-        arms.append((f"restored ({method}, {n} NFE)", arm))
+        fit = "" if args.fit is None else f", fit {args.fit:g}"
+        arms.append((f"restored ({method}, {n} NFE{fit})", arm))
 
     # The degraded runs' folders are named after the scanners, so that no run of other scanners
     # is reused (the clean runs are shared).

@@ -90,6 +90,14 @@ def simulate(
     restore_nfe: Annotated[
         int | None, typer.Option(help="restoration network evaluations per image")
     ] = None,
+    restore_fit: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="final pull of each restored image towards its scan, keeping small findings "
+            "(0: off; default 1e-3, off for noise-only scanners)",
+        ),
+    ] = None,
     federation: Annotated[
         Path | None,
         typer.Option(help="federation file (TOML): each site's data and task (one client each)"),
@@ -174,6 +182,7 @@ def simulate(
                 degraded_sites=degraded_sites,
                 restore=restore,
                 restore_nfe=restore_nfe,
+                restore_fit=restore_fit,
                 seed=seed,
                 device=device,
             ).items()

@@ -34,14 +34,39 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
-def _train_config(steps: int, batch: int, lr: float, seed: int, threads: int):
+def _train_config(
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    threads: int,
+    lesion_share: float | None = None,
+    data: str = "phantoms",
+):
     """The training settings of a `train-*` command; runs torch on ``threads`` CPU threads."""
     from festa.client.restoration.training import TrainConfig
 
+    if lesion_share is not None and (data != "phantoms" or not 0.0 <= lesion_share <= 1.0):
+        console.print(
+            f"[red]--lesion-share takes a share in [0, 1] of --data phantoms; got {lesion_share} "
+            f"with --data {data}[/red]"
+        )
+        raise typer.Exit(2)
     configure_process(threads=threads)
     return TrainConfig(
-        steps=steps, batch=batch, lr=lr, seed=seed, checkpoint_every=max(1, min(100, steps // 5))
+        steps=steps,
+        batch=batch,
+        lr=lr,
+        seed=seed,
+        checkpoint_every=max(1, min(100, steps // 5)),
+        lesion_share=lesion_share,
     )
+
+
+LESION_SHARE_HELP = (
+    "Phantoms only: the share of training phantoms that carry a focal lesion (default: the "
+    "generator's own mix, about a third). A higher share keeps more lesion contrast."
+)
 
 
 @app.command("specs")
@@ -171,6 +196,7 @@ def train_bridge_cmd(
     ] = None,
     threads: int = typer.Option(1, "--threads"),
     resume: bool = typer.Option(True, "--resume/--no-resume"),
+    lesion_share: float | None = typer.Option(None, "--lesion-share", help=LESION_SHARE_HELP),
 ) -> None:
     """Train a CDDB bridge on pairs made by degrading clean images with SPEC."""
     from festa.client.restoration.training import train_bridge
@@ -181,7 +207,7 @@ def train_bridge_cmd(
         data,
         size,
         out,
-        _train_config(steps, batch, lr, seed, threads),
+        _train_config(steps, batch, lr, seed, threads, lesion_share, data),
         preset,
         init_from,
         resume,
@@ -207,6 +233,7 @@ def train_gctm_cmd(
     ),
     threads: int = typer.Option(1, "--threads"),
     resume: bool = typer.Option(True, "--resume/--no-resume"),
+    lesion_share: float | None = typer.Option(None, "--lesion-share", help=LESION_SHARE_HELP),
 ) -> None:
     """Distil a CDDB bridge into a one-step GCTM model (method gctm of `restore run`)."""
     from festa.client.restoration.gctm import GCTMLoss, train_gctm
@@ -216,7 +243,7 @@ def train_gctm_cmd(
             bridge,
             data,
             out,
-            _train_config(steps, batch, lr, seed, threads),
+            _train_config(steps, batch, lr, seed, threads, lesion_share, data),
             GCTMLoss(teacher_nfe=teacher_nfe),
             resume,
         )
@@ -316,6 +343,14 @@ def run_cmd(
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
     threads: int = typer.Option(1, "--threads", help="torch CPU threads."),
+    fit: float | None = typer.Option(
+        None,
+        "--fit",
+        min=0,
+        help="Final pull of each result towards its scan, so small findings the network "
+        "smoothed away come back (0: off; default 1e-3, off for noise-only SPECs; 1e-2 keeps "
+        "nearly all of a lesion under blur). Not used by blinddps.",
+    ),
 ) -> None:
     """Restore every image of --input; one bad image is reported and skipped, the rest still run."""
     from rich.progress import Progress
@@ -329,7 +364,7 @@ def run_cmd(
     files = _image_files(input)
     try:
         restorer = Restorer(
-            method, model or default_model_dir(real_data=True), nfe=nfe, device=device
+            method, model or default_model_dir(real_data=True), nfe=nfe, device=device, fit=fit
         )
         restorer.parse(degradation)
     except RestorationError as e:

@@ -191,7 +191,7 @@ def train_gctm(
 
     bridge = load_bridge(bridge_dir)
     degradation: Degradation = parse_spec(bridge.spec)
-    images = load_images(data, bridge.size, cfg.n_phantoms, seed=cfg.seed)
+    images = load_images(data, bridge.size, cfg.n_phantoms, cfg.seed, cfg.lesion_share)
     student = gctm_unet_from_bridge(bridge.unet)
     # CTM's target network: an EMA of the student, moved before each step (not checkpointed:
     # a resumed run restarts it from the student, so train in one go for exact reproduction)

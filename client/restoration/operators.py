@@ -345,11 +345,19 @@ class UnknownBlur(Blur):
 class NoiseModel:
     """How ``y`` scatters around ``A x``; ``residual`` is the per-sample data-fit norm ``[B]``."""
 
+    noise_free = True  # y = A x exactly
+
     def sample(self, ax: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return ax
 
     def weights(self, y: torch.Tensor) -> torch.Tensor | None:
         return None
+
+    def variance(self, y: torch.Tensor) -> torch.Tensor:
+        """Per-sample noise variance ``[B, 1, 1, 1]`` in the units of the ``weights``-weighted
+        residual (for per-pixel weights normalised to mean 1: the harmonic mean of the
+        per-pixel variances)."""
+        return y.new_zeros(y.shape[0], 1, 1, 1)
 
     def residual(self, y: torch.Tensor, ax: torch.Tensor) -> torch.Tensor:
         """Per-sample ``||y - Ax||_W`` ``[B]`` (W = inverse noise variance, or identity)."""
@@ -368,6 +376,10 @@ class GaussianNoise(NoiseModel):
         if sigma < 0:
             raise DegradationSpecError("noise sigma must be >= 0")
         self.sigma = sigma
+        self.noise_free = sigma == 0
+
+    def variance(self, y: torch.Tensor) -> torch.Tensor:
+        return y.new_full((y.shape[0], 1, 1, 1), self.sigma**2)
 
     def sample(self, ax: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         z = torch.randn(ax.shape, generator=generator, device=ax.device, dtype=ax.dtype)
@@ -389,17 +401,23 @@ class PoissonGaussianNoise(NoiseModel):
         if dose <= 0 or read < 0:
             raise DegradationSpecError("noise:poisson needs dose > 0 and read >= 0")
         self.dose, self.read = dose, read
+        self.noise_free = False
 
     def sample(self, ax: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         counts = torch.poisson(self.dose * ax.clamp_min(0), generator=generator)
         z = torch.randn(ax.shape, generator=generator, device=ax.device, dtype=ax.dtype)
         return counts / self.dose + self.read * z
 
+    def _inverse_variance(self, y: torch.Tensor) -> torch.Tensor:
+        return 1.0 / (y.clamp_min(0) / self.dose + self.read**2).clamp_min(1.0 / self.dose**2)
+
     def weights(self, y: torch.Tensor) -> torch.Tensor:
         """Relative inverse variances (mean 1 per sample), so the norm stays in intensity units."""
-        var = (y.clamp_min(0) / self.dose + self.read**2).clamp_min(1.0 / self.dose**2)
-        w = 1.0 / var
+        w = self._inverse_variance(y)
         return w / w.mean(dim=(-2, -1), keepdim=True)
+
+    def variance(self, y: torch.Tensor) -> torch.Tensor:
+        return 1.0 / self._inverse_variance(y).mean(dim=(-2, -1), keepdim=True)
 
     def spec(self) -> str:
         return f"noise:poisson:dose={_fmt(self.dose)},read={_fmt(self.read)}"
@@ -421,6 +439,11 @@ class Degradation:
     def blind(self) -> bool:
         ops = self.operator.ops if isinstance(self.operator, Composed) else [self.operator]
         return any(isinstance(op, UnknownBlur) for op in ops)
+
+    @property
+    def noise_free(self) -> bool:
+        """True when ``y = A x`` exactly (no noise term, or Gaussian noise of sigma 0)."""
+        return self.noise.noise_free
 
     @property
     def spec(self) -> str:

@@ -58,14 +58,26 @@ class Restorer:
     """One restoration method with its models loaded on ``device``; reusable for many batches."""
 
     def __init__(
-        self, method: str, model_dir: str | Path, *, nfe: int | None = None, device: str = "cpu"
+        self,
+        method: str,
+        model_dir: str | Path,
+        *,
+        nfe: int | None = None,
+        device: str = "cpu",
+        fit: float | None = None,
     ) -> None:
+        """``fit``: weight of the final pull towards the scan (:func:`solvers.final_fit`;
+        None: :func:`solvers.default_fit` of each degradation, 0 turns it off; not applied by
+        blinddps, whose kernel is itself an estimate)."""
         if method not in METHODS:
             raise UnsupportedMethodError(
                 f"unknown method {method!r}; use one of {', '.join(METHODS)}"
             )
         if nfe is not None and nfe < 1:
             raise RestorationInputError(f"nfe must be >= 1, got {nfe}")
+        if fit is not None and not 0 <= fit < float("inf"):
+            raise RestorationInputError(f"fit must be a number >= 0, got {fit}")
+        self.fit = fit
         self.method, self.model_dir, self.device = method, Path(model_dir), torch.device(device)
         self.nfe = nfe or DEFAULT_NFE[method]
         if not self.model_dir.is_dir():
@@ -181,6 +193,10 @@ class Restorer:
         else:
             model = self._bridge(deg)
             res = solvers.cddb(model, deg, y, gens, nfe=self.nfe, deep=self.method == "cddb-deep")
+        if self.method != "blinddps":
+            fit = solvers.default_fit(deg) if self.fit is None else self.fit
+            res.x = solvers.final_fit(deg, y, res.x, fit)
+            res.params = {**res.params, "final_fit": fit}
         seconds = (time.perf_counter() - start) / len(images)
         fit_deg = deg.with_kernel(res.kernel) if res.kernel is not None else deg
         residual = (y - fit_deg.A(res.x)).flatten(1).norm(dim=1)

@@ -84,6 +84,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 100
     n_phantoms: int = 2000  # size of the phantom pool when data == "phantoms"
+    lesion_share: float | None = None  # phantoms only: share with a lesion (None: about 1/3)
 
 
 Sampler = Callable[[int, np.random.Generator, torch.Generator], torch.Tensor]
@@ -241,13 +242,22 @@ def manifest_images(
     return np.stack(images), ids
 
 
-def load_images(data: str, size: int, n_phantoms: int = 2000, seed: int = 0) -> np.ndarray:
-    """Clean training images ``[N, size, size]`` in [0, 1]: ``phantoms``, a manifest folder
-    (only its ``train`` split is read, never ``val``), or a plain folder of images."""
+def load_images(
+    data: str,
+    size: int,
+    n_phantoms: int = 2000,
+    seed: int = 0,
+    lesion_share: float | None = None,
+) -> np.ndarray:
+    """Clean training images ``[N, size, size]`` in [0, 1]: ``phantoms`` (``lesion_share`` of
+    them with a lesion), a manifest folder (only its ``train`` split is read, never ``val``), or
+    a plain folder of images."""
     if data == "phantoms":
         from festa.shared.data.phantoms import phantom_images
 
-        return phantom_images(n_phantoms, size=size, seed=seed)
+        return phantom_images(n_phantoms, size=size, seed=seed, lesion_share=lesion_share)
+    if lesion_share is not None:
+        raise ValueError("lesion_share applies to phantoms only")
     if (Path(data) / MANIFEST).is_file():
         return manifest_images(data, TRAIN_SPLIT, size)[0]
     from festa.shared.data.imageio import ImageReadError, read_image
@@ -319,7 +329,7 @@ def train_prior(
     data: str, size: int, out: Path, cfg: TrainConfig, preset: str = "small", resume: bool = True
 ) -> list[float]:
     """Train a 1-channel image prior on ``data`` at ``size`` px and save it to ``out``."""
-    images = load_images(data, size, cfg.n_phantoms, seed=cfg.seed)
+    images = load_images(data, size, cfg.n_phantoms, cfg.seed, cfg.lesion_share)
     model = build_unet(size, preset)
     ema, losses = train_loop(
         model, out, image_sampler(images), ddpm_loss(ddpm_scheduler()), cfg, "image prior", resume
@@ -374,7 +384,7 @@ def train_bridge(
     """Train a CDDB (I2SB-style) bridge from ``lift(A(x) + noise)`` to ``x`` and save it to ``out``.
 
     ``init_from``: an image-prior folder to start from (same preset), which speeds training up."""
-    images = load_images(data, size, cfg.n_phantoms, seed=cfg.seed)
+    images = load_images(data, size, cfg.n_phantoms, cfg.seed, cfg.lesion_share)
     model = build_unet(size, preset)
     if init_from is not None:
         model = UNet2DModel.from_pretrained(

@@ -37,6 +37,12 @@ class RestoreConfig(FestaModel):
         description="restoration weights; default: the committed cxr64 (real radiographs)",
     )
     nfe: int | None = Field(None, ge=1, le=10000, description="network evaluations per image")
+    fit: float | None = Field(
+        None,
+        ge=0,
+        description="final pull of each result towards its scan, keeping small findings "
+        "(0: off); default: 1e-3, off for noise-only degradations",
+    )
     batch_size: int = Field(4, ge=1, le=1024)
     device: str = "cpu"
     seed: int = 0

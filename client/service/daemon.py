@@ -105,7 +105,7 @@ def default_restorer_factory(config: SiteConfig) -> RestorerFactory:
 
     def get(method: str) -> RestorerLike:
         if method not in cache:
-            cache[method] = Restorer(method, rc.model_dir, nfe=rc.nfe, device=rc.device)
+            cache[method] = Restorer(method, rc.model_dir, nfe=rc.nfe, device=rc.device, fit=rc.fit)
         return cache[method]
 
     return get

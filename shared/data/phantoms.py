@@ -149,6 +149,27 @@ def _clip_box(box: np.ndarray, size: int) -> np.ndarray:
     return np.clip(box, 0, size).astype(np.float32)
 
 
-def phantom_images(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
-    """`n` phantom images, float32 `[n, size, size]` in [0, 1]."""
-    return np.stack([make_phantom(i, size, seed).image for i in range(n)])
+def phantom_images(
+    n: int, size: int = 64, seed: int = 0, lesion_share: float | None = None
+) -> np.ndarray:
+    """`n` phantom images, float32 `[n, size, size]` in [0, 1].
+
+    `lesion_share`: the fraction of them that carry a focal lesion (the first phantoms of
+    `seed` with and without one, in index order); None keeps the generator's own mix (about a
+    third). Restoration models trained with a higher share keep more of the lesions
+    (``bench_lesion_fidelity``)."""
+    if lesion_share is None:
+        return np.stack([make_phantom(i, size, seed).image for i in range(n)])
+    if not 0.0 <= lesion_share <= 1.0:
+        raise ValueError(f"lesion_share must lie in [0, 1], got {lesion_share}")
+    want = {True: round(n * lesion_share)}
+    want[False] = n - want[True]
+    picked: dict[bool, list[np.ndarray]] = {True: [], False: []}
+    i = 0
+    while len(picked[True]) < want[True] or len(picked[False]) < want[False]:
+        p = make_phantom(i, size, seed)
+        has = bool((p.box_labels == LESION).any())
+        if len(picked[has]) < want[has]:
+            picked[has].append(p.image)
+        i += 1
+    return np.stack(picked[True] + picked[False])

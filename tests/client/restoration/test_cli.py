@@ -87,3 +87,20 @@ def test_help_documents_the_spec_grammar() -> None:
         "inpaint:lines",
     ):
         assert term in result.output
+
+
+def test_a_lesion_share_trains_on_phantoms_and_is_recorded(tmp_path: Path) -> None:
+    """`train-bridge --lesion-share` trains on phantoms and says so in festa_training.json; with
+    image folders or outside [0, 1] it is refused before anything is written."""
+    spec = "blur:gauss:sigma=1+noise:gauss:sigma=0.01"
+    common = ["train-bridge", "--degradation", spec, "--size", "32", "--preset", "tiny"]
+    common += ["--steps", "2", "--batch", "2"]
+    out = tmp_path / "bridge"
+    ok = CliRunner().invoke(app, [*common, "--out", str(out), "--lesion-share", "0.8"])
+    assert ok.exit_code == 0, ok.output
+    record = json.loads((out / "festa_training.json").read_text())
+    assert record["config"]["lesion_share"] == 0.8 and record["data"] == "phantoms"
+    for extra in (["--lesion-share", "1.5"], ["--lesion-share", "0.5", "--data", str(tmp_path)]):
+        bad = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "no"), *extra])
+        assert bad.exit_code == 2 and "--lesion-share" in bad.output
+        assert not (tmp_path / "no").exists()

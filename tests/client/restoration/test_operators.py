@@ -130,6 +130,24 @@ def test_poisson_gaussian_noise_has_the_stated_variance() -> None:
     assert r.shape == (4,) and ((r / (64 * expected**0.5) - 1).abs() < 0.15).all()
 
 
+@pytest.mark.parametrize(
+    "spec", ["noise:poisson:dose=200,read=0.01", "noise:gauss:sigma=0.02", "blur:gauss:sigma=1"]
+)
+def test_noise_variance_is_what_the_weighted_residual_of_the_truth_shows(spec: str) -> None:
+    """``variance`` is in the units of the weighted residual: ||y - A x||_W^2 / #pixels."""
+    ramp = torch.linspace(0.05, 0.95, 64).repeat(64, 1)  # bright and dark pixels alike
+    x = ramp.expand(4, 1, 64, 64).contiguous()
+    d = parse_spec(spec)
+    y = d.simulate(x, seed=5)
+    per_pixel = d.residual(y, x) ** 2 / (64 * 64)
+    var = d.noise.variance(y).flatten()
+    assert var.shape == (4,)
+    if d.noise_free:
+        assert (var == 0).all() and (per_pixel < 1e-10).all()
+    else:
+        assert ((per_pixel / var - 1).abs() < 0.1).all()
+
+
 def test_masks_remove_what_they_say() -> None:
     x = torch.ones(1, 1, 64, 64)
     assert parse_spec("inpaint:box:size=0.25").A(x).sum() == 64 * 64 - 16 * 16

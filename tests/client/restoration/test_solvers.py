@@ -9,10 +9,14 @@ import pytest
 import torch
 
 from festa.client.restoration import solvers
-from festa.client.restoration.restorer import Restorer
-from festa.client.restoration.errors import ModelDirError, RestorationInputError, UnsupportedMethodError
+from festa.client.restoration.errors import (
+    ModelDirError,
+    RestorationInputError,
+    UnsupportedMethodError,
+)
 from festa.client.restoration.models import load_bridge, load_prior
 from festa.client.restoration.operators import parse_spec
+from festa.client.restoration.restorer import Restorer
 from festa.shared.data.phantoms import phantom_images
 from tests.client.restoration.conftest import TINY_BRIDGE_SPEC
 
@@ -48,6 +52,88 @@ def test_cddb_fits_the_data_better_than_the_bare_bridge(tiny_models: Path, deep:
     bare = solvers.cddb(bridge, deg, y, gens(2), nfe=4, deep=deep, step=0)
     assert dc.x.shape == (2, 1, 32, 32) and torch.isfinite(dc.x).all() and dc.nfe == 4
     assert (deg.residual(y, dc.x) < deg.residual(y, bare.x)).all()
+
+
+def test_cddb_keeps_the_known_pixels_of_a_noise_free_observation(tiny_models: Path) -> None:
+    """Noise-free inpainting: the default data-consistency step pastes the observed pixels back
+    exactly; the partial step used for noisy scans does not."""
+    bridge = load_bridge(tiny_models / "bridges" / "blur1")
+    deg = parse_spec("inpaint:box")
+    _, y = observe("inpaint:box")
+    known = deg.operator.mask(y).bool().expand_as(y)
+    full = solvers.cddb(bridge, deg, y, gens(2), nfe=2)
+    partial = solvers.cddb(bridge, deg, y, gens(2), nfe=2, step=solvers.CDDB_ALPHA)
+    assert full.params["step"] == 1.0
+    assert torch.allclose(full.x[known], y[known], atol=1e-6)
+    assert (partial.x[known] - y[known]).abs().max() > 1e-3
+    assert solvers.cddb_alpha(parse_spec(TINY_BRIDGE_SPEC)) == solvers.CDDB_ALPHA
+
+
+def test_the_final_fit_brings_back_a_lesion_that_the_estimate_smoothed_away() -> None:
+    """A restoration that painted healthy lung over a lesion (the box filled with its ring's
+    mean) is pulled back to the blurred scan: the lesion's contrast returns, the error falls."""
+    from festa.shared.data.phantoms import LESION, make_phantom
+
+    phantoms = [
+        p for p in (make_phantom(i, 64, 4242) for i in range(40)) if (p.box_labels == LESION).any()
+    ][:6]
+    clean = torch.from_numpy(np.stack([p.image for p in phantoms]))[:, None]
+    erased = clean.clone()
+    boxes = []
+    for k, p in enumerate(phantoms):
+        x0, y0, x1, y1 = (
+            int(round(float(v))) for v in p.boxes[int(np.argmax(p.box_labels == LESION))]
+        )
+        ring = clean[k, 0, max(y0 - 3, 0) : y1 + 3, max(x0 - 3, 0) : x1 + 3]
+        erased[k, 0, y0:y1, x0:x1] = ring.median()
+        boxes.append((x0, y0, x1, y1))
+    deg = parse_spec("blur:gauss:sigma=3+noise:gauss:sigma=0.01")
+    y = deg.simulate(clean, seed=0)
+    pulled = solvers.final_fit(deg, y, erased, solvers.FINAL_FIT)
+
+    def box_error(img: torch.Tensor) -> float:
+        return float(
+            np.mean(
+                [
+                    (img[k, 0, b[1] : b[3], b[0] : b[2]] - clean[k, 0, b[1] : b[3], b[0] : b[2]])
+                    .abs()
+                    .mean()
+                    for k, b in enumerate(boxes)
+                ]
+            )
+        )
+
+    assert box_error(pulled) < 0.85 * box_error(erased)
+    harder = solvers.final_fit(deg, y, erased, 10 * solvers.FINAL_FIT)
+    assert box_error(harder) < 0.85 * box_error(pulled)  # a larger fit keeps more of it
+    assert (pulled - clean).pow(2).mean() < (erased - clean).pow(2).mean()
+    assert torch.equal(solvers.final_fit(deg, y, erased, 0.0), erased)  # fit 0: off
+    # A noise-free scan is reproduced exactly by the nearest image; pure denoising is off.
+    mask = parse_spec("inpaint:box")
+    ym = mask.simulate(clean)
+    assert torch.allclose(mask.A(solvers.final_fit(mask, ym, erased, 1e-3)), ym, atol=1e-5)
+    assert solvers.default_fit(parse_spec("noise:poisson:dose=200,read=0.01")) == 0.0
+    assert solvers.default_fit(deg) == solvers.FINAL_FIT
+
+
+def test_the_restorer_applies_and_records_the_final_fit(tiny_models: Path) -> None:
+    _, y = observe(TINY_BRIDGE_SPEC)
+    images = y[:, 0].numpy()
+    default = Restorer("cddb", tiny_models, nfe=2).restore(images, TINY_BRIDGE_SPEC)
+    off = Restorer("cddb", tiny_models, nfe=2, fit=0).restore(images, TINY_BRIDGE_SPEC)
+    assert default[0].provenance["params"]["final_fit"] == solvers.FINAL_FIT
+    assert off[0].provenance["params"]["final_fit"] == 0
+    deg = parse_spec(TINY_BRIDGE_SPEC)
+    fitted = [
+        deg.residual(y[i : i + 1], torch.from_numpy(r.image)[None, None])
+        for i, r in enumerate(default)
+    ]
+    loose = [
+        deg.residual(y[i : i + 1], torch.from_numpy(r.image)[None, None]) for i, r in enumerate(off)
+    ]
+    assert all(a < b for a, b in zip(fitted, loose, strict=True))
+    with pytest.raises(RestorationInputError):
+        Restorer("cddb", tiny_models, fit=-1.0)
 
 
 def test_blind_dps_returns_a_normalised_kernel_and_fits_the_data(tiny_models: Path) -> None:

@@ -1,6 +1,12 @@
 import numpy as np
 
-from festa.shared.data.phantoms import BOX_CLASS_NAMES, CLASS_NAMES, LESION, make_phantom, phantom_images
+from festa.shared.data.phantoms import (
+    BOX_CLASS_NAMES,
+    CLASS_NAMES,
+    LESION,
+    make_phantom,
+    phantom_images,
+)
 
 
 def test_same_index_and_seed_give_the_same_phantom():
@@ -36,3 +42,23 @@ def test_lungs_are_darker_than_the_mediastinum():
 def test_all_classes_occur():
     labels = [make_phantom(i, 32).label for i in range(90)]
     assert set(labels) == set(range(len(CLASS_NAMES)))
+
+
+def test_a_lesion_share_sets_how_many_phantoms_carry_a_lesion():
+    import pytest
+
+    natural = phantom_images(60, size=32, seed=2)
+    assert np.array_equal(natural, phantom_images(60, size=32, seed=2, lesion_share=None))
+    rich = phantom_images(60, size=32, seed=2, lesion_share=0.75)
+    assert rich.shape == (60, 32, 32)
+    lesion_images = [
+        make_phantom(i, 32, 2).image
+        for i in range(400)
+        if (make_phantom(i, 32, 2).box_labels == LESION).any()
+    ]
+    # The first 45 images are the first 45 phantoms with a lesion, in index order.
+    assert all(np.array_equal(a, b) for a, b in zip(rich[:45], lesion_images[:45], strict=True))
+    assert not any(np.array_equal(rich[45], b) for b in lesion_images[:60])
+    assert np.array_equal(rich, phantom_images(60, size=32, seed=2, lesion_share=0.75))
+    with pytest.raises(ValueError, match="lesion_share"):
+        phantom_images(4, size=32, lesion_share=1.5)
