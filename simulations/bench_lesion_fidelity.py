@@ -1,7 +1,7 @@
 """Does restoration keep the findings? Lesion contrast on held-out phantoms before and after.
 
     python -m festa.simulations.bench_lesion_fidelity [--n 48] [--cases lowdose,gaussblur3]
-        [--methods gctm@1,cddb@10] [--model MODEL_DIR]
+        [--methods gctm@1,cddb@10] [--model MODEL_DIR] [--fit F]
 
 PSNR rewards getting the whole image right; a radiologist needs the lesion. Per case (a bridge
 ``bridges/<case>`` under ``--model``) this degrades ``--n`` held-out phantoms that carry a focal
@@ -89,6 +89,9 @@ def main(
         "lowdose,gaussblur2,lowdose50,gaussblur3", "--cases", help="Names under bridges/."
     ),
     methods: str = typer.Option("gctm@1,cddb@10", "--methods", help="METHOD@NFE, comma-separated"),
+    fit: float | None = typer.Option(
+        None, "--fit", min=0, help="Restorer's final-fit weight (0: off; default: the case's)."
+    ),
     write: bool = typer.Option(True, "--write/--no-write"),
 ) -> None:
     torch.set_num_threads(1)
@@ -106,7 +109,7 @@ def main(
         arms = {"clean": clean, "degraded input": acquired[:, 0].clamp(0, 1).numpy()}
         for m in methods.split(","):
             method, _, nfe = m.partition("@")
-            restorer = Restorer(method, model, nfe=int(nfe) if nfe else 10)
+            restorer = Restorer(method, model, nfe=int(nfe) if nfe else 10, fit=fit)
             out = restorer.restore(arms["degraded input"], spec, seed=0)
             arms[f"{method} @{nfe or 10}"] = np.stack([np.clip(r.image, 0, 1) for r in out])
         base = lesion_scores(clean, clean, phantoms)["contrast"]
@@ -141,7 +144,12 @@ def main(
             "degraded with its bridge's operator (one noise draw per image). Lesion contrast: "
             f"lesion-box mean minus the mean of a {RING}-px ring around it, mean ± std over "
             "images; share kept: its mean over the clean images' mean. Errors: mean of "
-            "(image - clean) inside the lesion boxes and over the rest of the lung masks."
+            "(image - clean) inside the lesion boxes and over the rest of the lung masks. "
+            + (
+                "Final fit: each case's default (1e-3; off for low dose)."
+                if fit is None
+                else f"Final fit: {fit:g} for every case."
+            )
         ),
         write=write,
     )
