@@ -146,7 +146,7 @@ def main(
             "images; share kept: its mean over the clean images' mean. Errors: mean of "
             "(image - clean) inside the lesion boxes and over the rest of the lung masks. "
             + (
-                "Final fit: each case's default (1e-3; off for low dose)."
+                "Final fit: each case's default (1e-2; off for low dose)."
                 if fit is None
                 else f"Final fit: {fit:g} for every case."
             )

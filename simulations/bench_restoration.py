@@ -13,7 +13,7 @@ scale), reported as mean ± std over the images; the goal column checks each fes
 the degraded input and the best classical baseline (+1 dB each). Per-image scores and the
 settings go to ``runs/bench-restoration/<time>.json``; the table goes to BENCHMARKS.md.
 ``--fits`` gives each festa solver one row per final-fit weight (``Restorer``'s ``fit``; rows
-without ``fit`` in their label use each degradation's default: 1e-3, off for low dose).
+without ``fit`` in their label use each degradation's default: 1e-2, off for low dose).
 """
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ def simulate(
         typer.Option(
             min=0,
             help="final pull of each restored image towards its scan, keeping small findings "
-            "(0: off; default 1e-3, off for noise-only scanners)",
+            "(0: off; default 1e-2, off for noise-only scanners)",
         ),
     ] = None,
     federation: Annotated[

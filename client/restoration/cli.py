@@ -348,8 +348,8 @@ def run_cmd(
         "--fit",
         min=0,
         help="Final pull of each result towards its scan, so small findings the network "
-        "smoothed away come back (0: off; default 1e-3, off for noise-only SPECs; 1e-2 keeps "
-        "nearly all of a lesion under blur). Not used by blinddps.",
+        "smoothed away come back (0: off; default 1e-2, off for noise-only SPECs, where it "
+        "adds noise back). Not used by blinddps.",
     ),
 ) -> None:
     """Restore every image of --input; one bad image is reported and skipped, the rest still run."""

@@ -41,7 +41,7 @@ class RestoreConfig(FestaModel):
         None,
         ge=0,
         description="final pull of each result towards its scan, keeping small findings "
-        "(0: off); default: 1e-3, off for noise-only degradations",
+        "(0: off); default: 1e-2, off for noise-only degradations",
     )
     batch_size: int = Field(4, ge=1, le=1024)
     device: str = "cpu"
