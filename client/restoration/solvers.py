@@ -42,9 +42,10 @@ CDDB_DEEP_ZETA_20 = 6.0  # at 20 NFE; scaled by sqrt(20 / nfe) like DPS
 # Final data fit (:func:`final_fit`): lam = noise variance / fit. At FINAL_FIT, on held-out
 # phantoms with a lesion (bench_lesion_fidelity) a blurred lesion's contrast comes back almost
 # whole at no PSNR cost, training detection on restored blurred images recovers what the blur
-# cost (bench_restore_training), and on real CXRs PSNR rises by 0.4-0.8 dB for blur and sr x2
+# cost (bench_restore_training), and on real CXRs PSNR rises by 0.4-0.9 dB for blur and sr x2
 # (BENCHMARKS.md, 2026-12-07). For denoising alone (A = I) the pull is a per-pixel blend with the
-# noisy scan that costs 0.7-5 dB, so there it is off by default (:func:`default_fit`).
+# noisy scan that costs 2.5-5 dB on real CXRs at this weight, so there it is off by default
+# (:func:`default_fit`).
 FINAL_FIT = 1e-2
 BLIND_ZETA_KERNEL = 0.3
 BLIND_SPARSITY = 1e-3
