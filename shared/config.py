@@ -373,11 +373,11 @@ class FederationConfig(FestaModel):
         "cddb", description="restoration method degraded sites run before training"
     )
     restore_nfe: int | None = Field(10, ge=1, description="network evaluations per image")
-    restore_fit: float | None = Field(
-        None,
+    restore_fit: float = Field(
+        0.01,
         ge=0,
-        description="weight of the final pull of each restored image towards its scan "
-        "(keeps small findings; 0: off); None: the solvers' default",
+        description="weight of the final pull of each restored image towards its scan, which "
+        "keeps small findings in the training images, noise-only scanners included (0: off)",
     )
     restore_model_dir: str = Field(
         "", description="priors/bridges folder; empty: committed cxr64 (real data) or phantom64"

@@ -86,7 +86,7 @@ def _run_arms(
             cfg = base.model_copy(update={**arm, "seed": seed})
             name = f"{label.split()[0]}-{cfg.restore}-seed{seed}"
             if cfg.restore != "none":
-                fit = "" if cfg.restore_fit is None else f"-fit{cfg.restore_fit:g}"
+                fit = f"-fit{cfg.restore_fit:g}"
                 name = f"{label.split()[0]}-{cfg.restore}-nfe{cfg.restore_nfe}{fit}-seed{seed}"
             out = work / (name if cfg.degrade == "none" else f"{scanning}-{name}")
             s = simulate(cfg, out, engine)
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         "--fit",
         type=float,
         default=None,
-        help="restorations' final-fit weight (restore_fit; 0: off; default: each scanner's)",
+        help="restorations' final-fit weight (restore_fit; 0: off; default: the run config's)",
     )
     parser.add_argument("--engine", choices=["flower", "inprocess"], default="inprocess")
     parser.add_argument("--work", type=Path, default=None)
@@ -157,11 +157,13 @@ def main(argv: list[str] | None = None) -> None:
         method, _, nfe = m.partition("@")
         try:
             n = int(nfe) if nfe else args.nfe
-            arm = {"degrade": "site", "restore": method, "restore_nfe": n, "restore_fit": args.fit}
+            arm = {"degrade": "site", "restore": method, "restore_nfe": n}
+            if args.fit is not None:
+                arm["restore_fit"] = args.fit
             FederationConfig(**{**update, **arm})  # validates the method and NFE
         except ValueError as exc:
             parser.error(f"--methods: {m!r} is not METHOD or METHOD@NFE ({exc})")
-        fit = "" if args.fit is None else f", fit {args.fit:g}"
+        fit = f", fit {arm.get('restore_fit', base.restore_fit):g}"
         arms.append((f"restored ({method}, {n} NFE{fit})", arm))
 
     # The degraded runs' folders are named after the scanners, so that no run of other scanners

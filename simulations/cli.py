@@ -95,7 +95,7 @@ def simulate(
         typer.Option(
             min=0,
             help="final pull of each restored image towards its scan, keeping small findings "
-            "(0: off; default 1e-2, off for noise-only scanners)",
+            "in the training images (0: off; default 1e-2 for every scanner)",
         ),
     ] = None,
     federation: Annotated[

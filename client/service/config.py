@@ -37,11 +37,11 @@ class RestoreConfig(FestaModel):
         description="restoration weights; default: the committed cxr64 (real radiographs)",
     )
     nfe: int | None = Field(None, ge=1, le=10000, description="network evaluations per image")
-    fit: float | None = Field(
-        None,
+    fit: float = Field(
+        0.01,
         ge=0,
-        description="final pull of each result towards its scan, keeping small findings "
-        "(0: off); default: 1e-2, off for noise-only degradations",
+        description="final pull of each result towards its scan, which keeps small findings "
+        "in the training images, noise-only degradations included (0: off)",
     )
     batch_size: int = Field(4, ge=1, le=1024)
     device: str = "cpu"

@@ -88,6 +88,13 @@ def test_restoration_keeps_originals_records_provenance_and_caches(tmp_path):
         for a, b in zip(again.train.samples, restored.train.samples, strict=True)
     )
     assert len(list(tmp_path.glob("*.npz"))) == 1
+    # Training images keep findings: the run's final fit (default 1e-2, site 1 being low dose)
+    # is applied and recorded; another fit is another cache entry, and changes the images.
+    assert restored.train[0]["provenance"]["params"]["final_fit"] == cfg.restore_fit == 0.01
+    off = with_scanner(cfg.model_copy(update={"restore_fit": 0.0}), site, 1)
+    assert off.train[0]["provenance"]["params"]["final_fit"] == 0.0
+    assert not torch.equal(off.train[0]["image"], restored.train[0]["image"])
+    assert len(list(tmp_path.glob("*.npz"))) == 2
 
 
 def test_simulate_refuses_an_unknown_scanner_before_any_run(tmp_path):
