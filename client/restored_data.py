@@ -116,11 +116,10 @@ def _restore(
 
     solver_spec = SOLVER_SPEC.get(cfg.restore, {}).get(spec, spec)
     model_dir = Path(cfg.restore_model_dir) if cfg.restore_model_dir else default_model_dir(real)
-    fit = cfg.restore_fit
     key = hashlib.sha256(
         acquired.tobytes()
         + json.dumps(
-            [cfg.restore, cfg.restore_nfe, solver_spec, str(model_dir), cfg.seed, fit]
+            [cfg.restore, cfg.restore_nfe, solver_spec, str(model_dir), cfg.seed, cfg.restore_fit]
         ).encode()
     ).hexdigest()[:24]
     cache = Path(cfg.restore_cache) / f"{key}.npz"
@@ -130,7 +129,9 @@ def _restore(
         counts.update(json.loads(str(data["counts"])))
         return data["images"], provenance, counts
 
-    restorer = Restorer(cfg.restore, model_dir, nfe=cfg.restore_nfe, device=cfg.device, fit=fit)
+    restorer = Restorer(
+        cfg.restore, model_dir, nfe=cfg.restore_nfe, device=cfg.device, fit=cfg.restore_fit
+    )
     out = acquired.copy()
     provenance: list[dict[str, Any] | None] = [None] * len(acquired)
     batch = 32

@@ -86,8 +86,10 @@ def _run_arms(
             cfg = base.model_copy(update={**arm, "seed": seed})
             name = f"{label.split()[0]}-{cfg.restore}-seed{seed}"
             if cfg.restore != "none":
-                fit = f"-fit{cfg.restore_fit:g}"
-                name = f"{label.split()[0]}-{cfg.restore}-nfe{cfg.restore_nfe}{fit}-seed{seed}"
+                name = (
+                    f"{label.split()[0]}-{cfg.restore}-nfe{cfg.restore_nfe}"
+                    f"-fit{cfg.restore_fit:g}-seed{seed}"
+                )
             out = work / (name if cfg.degrade == "none" else f"{scanning}-{name}")
             s = simulate(cfg, out, engine)
             values.setdefault(label, {})[seed] = [primary(s["final"], t) for t in base.tasks]
