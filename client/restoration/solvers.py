@@ -197,7 +197,7 @@ def data_prox(
         return (a * b).sum(dim=(1, 2, 3), keepdim=True)
 
     z = x.detach().clone()
-    r = op.A_adjoint(w * y) + lam * z - normal(z)
+    r = op.A_adjoint(w * (y - op.A(z)))  # the normal equations' residual at z = x
     p, rs = r.clone(), dot(r, r)
     for _ in range(iters):
         if float(rs.max()) < 1e-14:
