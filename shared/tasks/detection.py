@@ -1,8 +1,9 @@
 """Box detection (lungs, lesions) with an anchor-free, one-cell-per-object head; mAP@0.5.
 
 Each token of the patch grid predicts, for every box class, an objectness score and a box:
-the offset of the box centre inside that cell and the box width and height. The cell that
-holds a ground-truth box's centre is that box's only positive (CenterNet-style assignment).
+the offset of the box centre from that cell's corner, in [-0.5, 1.5] cells, and the box width
+and height. A ground-truth box has three positives (YOLOv5-style assignment): the cell that
+holds its centre and that cell's horizontal and vertical neighbours nearest the centre.
 """
 
 from __future__ import annotations
@@ -53,9 +54,18 @@ def encode_targets(
             cx, cy = (box[0] + box[2]) / 2 / cell, (box[1] + box[3]) / 2 / cell
             gx, gy = min(int(cx), grid - 1), min(int(cy), grid - 1)
             w, h = max(box[2] - box[0], 1.0) / cell, max(box[3] - box[1], 1.0) / cell
-            obj[i, c, gy, gx] = 1.0
-            reg[i, c, :, gy, gx] = torch.tensor([cx - gx, cy - gy, np.log(w), np.log(h)])
+            nx = gx - 1 if cx - gx < 0.5 else gx + 1  # the neighbours nearest the centre
+            ny = gy - 1 if cy - gy < 0.5 else gy + 1
+            for x, y in ((gx, gy), (nx, gy), (gx, ny)):
+                if 0 <= x < grid and 0 <= y < grid:
+                    obj[i, c, y, x] = 1.0
+                    reg[i, c, :, y, x] = torch.tensor([cx - x, cy - y, np.log(w), np.log(h)])
     return obj, reg, obj.bool()
+
+
+def centre_offset(raw: torch.Tensor) -> torch.Tensor:
+    """Raw centre regressions -> the centre's offset from the cell corner, in [-0.5, 1.5] cells."""
+    return 2 * torch.sigmoid(raw) - 0.5
 
 
 def decode(
@@ -66,8 +76,8 @@ def decode(
     b, c, g, _ = logits.shape
     reg = outputs["boxes"].detach().float().reshape(b, c, 4, g, g)
     ys, xs = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
-    cx = (xs + torch.sigmoid(reg[:, :, 0])) * cell
-    cy = (ys + torch.sigmoid(reg[:, :, 1])) * cell
+    cx = (xs + centre_offset(reg[:, :, 0])) * cell
+    cy = (ys + centre_offset(reg[:, :, 1])) * cell
     w = torch.exp(reg[:, :, 2].clamp(max=6)) * cell
     h = torch.exp(reg[:, :, 3].clamp(max=6)) * cell
     all_boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
@@ -129,7 +139,7 @@ class Detection(Task):
         per_class = pos.sum(dim=(0, 2, 3)).clamp(min=1)  # [C] positives of each class
         cls_loss = sigmoid_focal_loss(logits, obj, reduction="none").sum(dim=(0, 2, 3))
         reg = raw.reshape(b, c, 4, g, g)
-        pred = torch.cat([torch.sigmoid(reg[:, :, :2]), reg[:, :, 2:]], dim=2)
+        pred = torch.cat([centre_offset(reg[:, :, :2]), reg[:, :, 2:]], dim=2)
         reg_err = F.smooth_l1_loss(pred, reg_t, reduction="none", beta=0.1).sum(dim=2)
         reg_loss = (reg_err * pos).sum(dim=(0, 2, 3))
         return ((cls_loss + reg_loss) / per_class).sum()

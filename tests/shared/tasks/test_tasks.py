@@ -36,3 +36,28 @@ def test_registry_refuses_duplicates_and_unknown_names():
         register_task("classification")(type("Again", (Task,), {}))
     with pytest.raises(KeyError, match="unknown task"):
         get_task("nope")
+
+
+def test_detection_targets_give_each_box_three_cells_that_each_decode_to_it():
+    """A box's centre cell and its two nearest neighbours are positives, and a tail output
+    equal to the targets decodes, from each of them, to the box itself."""
+    from festa.shared.tasks.detection import decode, encode_targets
+
+    cell, grid = 8.0, 8
+    box = torch.tensor([[21.0, 26.0, 31.0, 34.0]])  # centre (26, 30): cell (3, 3), near (2, 4)
+    obj, reg, pos = encode_targets([box], [torch.tensor([1])], 2, grid, cell)
+    assert pos[0, 1].nonzero().tolist() == [[3, 2], [3, 3], [4, 3]]  # (row, col)
+    assert not pos[0, 0].any()
+    assert reg[0, 1, :2][:, pos[0, 1]].min() >= -0.5 and reg[0, 1, :2][:, pos[0, 1]].max() <= 1.5
+    offsets = reg[0, 1, :2].clamp(-0.49, 1.49)
+    raw = torch.zeros(1, 2, 4, grid, grid)
+    raw[0, 1, :2] = torch.logit((offsets + 0.5) / 2)  # inverse of the centre parametrisation
+    raw[0, 1, 2:] = reg[0, 1, 2:]
+    for row, col in pos[0, 1].nonzero().tolist():
+        logits = torch.full((1, 2, grid, grid), -9.0)
+        logits[0, 1, row, col] = 9.0
+        ((boxes, _, labels),) = decode(
+            {"logits": logits, "boxes": raw.reshape(1, 8, grid, grid)}, cell
+        )
+        assert labels.tolist() == [1]
+        assert torch.allclose(torch.from_numpy(boxes[0]), box[0], atol=1e-3)
