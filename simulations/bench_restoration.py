@@ -2,7 +2,7 @@
 baselines and deepinv's solvers on the same prior.
 
     python -m festa.simulations.bench_restoration [--model client/restoration/weights/cxr64]
-        [--n-val 20] [--cases "low dose,gauss blur"] [--fits default,0,0.01]
+        [--n-val 20] [--cases "low dose,gauss blur"] [--fits default,0,0.01] [--mirror]
 
 Images: the first ``--n-val`` rows of the cxr-open ``val`` split (never used to train the cxr64
 weights), area-downsized to the model's size. Observations are made by
@@ -14,6 +14,7 @@ the degraded input and the best classical baseline (+1 dB each). Per-image score
 settings go to ``runs/bench-restoration/<time>.json``; the table goes to BENCHMARKS.md.
 ``--fits`` gives each festa solver one row per final-fit weight (``Restorer``'s ``fit``; rows
 without ``fit`` in their label use each degradation's default: 1e-2, off for low dose).
+``--mirror`` adds a row per solver with the mirror self-ensemble (``Restorer``'s ``mirror``).
 """
 
 from __future__ import annotations
@@ -137,6 +138,9 @@ def main(
         help="Comma-separated final-fit weights of the festa solvers (Restorer's fit; 0: off; "
         "'default': each degradation's default), one row each. Default: 'default' only.",
     ),
+    mirror: bool = typer.Option(
+        False, "--mirror", help="Also a row per festa solver with Restorer's mirror ensemble."
+    ),
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(1, "--threads"),
     write: bool = typer.Option(True, "--write/--no-write", help="Append to BENCHMARKS.md."),
@@ -173,7 +177,7 @@ def main(
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {
         "model": str(model), "n_val": len(clean), "val_ids": ids, "tune_ids": tune_ids,
-        "nfe": nfe, "final_fit": ["default" if f is None else f for f in fit_values],
+        "nfe": nfe, "final_fit": ["default" if f is None else f for f in fit_values], "mirror": mirror,
         "deepinv_steps": deepinv_steps if deepinv else 0, "seed": seed,
         "cases": [c.__dict__ for c in chosen],
         "torch": torch.__version__, "load_at_start": os.getloadavg()[0],
@@ -200,12 +204,15 @@ def main(
         for method in case.festa:
             if method not in wanted:
                 continue
-            for steps, fit in itertools.product(nfe[method], fit_values):
+            mirrors = (False, True) if mirror and method != "blinddps" else (False,)
+            for steps, fit, mirrored in itertools.product(nfe[method], fit_values, mirrors):
                 label = f"festa {method} @{steps}"
                 if fit is not None:
                     label += f" fit {fit:g}"
+                if mirrored:
+                    label += " mirror"
                 try:
-                    restorer = Restorer(method, model, nfe=steps, fit=fit)
+                    restorer = Restorer(method, model, nfe=steps, fit=fit, mirror=mirrored)
                     t = time.perf_counter()
                     restored = restorer.restore(y, case.restore, seed=seed)
                 except RestorationError as e:  # a missing bridge is a reported gap, not a crash

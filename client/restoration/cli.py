@@ -351,6 +351,12 @@ def run_cmd(
         "smoothed away come back (0: off; default 1e-2, off for noise-only SPECs, where it "
         "adds noise back). Not used by blinddps.",
     ),
+    mirror: bool = typer.Option(
+        False,
+        "--mirror",
+        help="Also restore each scan mirrored left-right and average the two (twice the time; "
+        "left-right symmetric SPECs only; not blinddps).",
+    ),
 ) -> None:
     """Restore every image of --input; one bad image is reported and skipped, the rest still run."""
     from rich.progress import Progress
@@ -364,7 +370,12 @@ def run_cmd(
     files = _image_files(input)
     try:
         restorer = Restorer(
-            method, model or default_model_dir(real_data=True), nfe=nfe, device=device, fit=fit
+            method,
+            model or default_model_dir(real_data=True),
+            nfe=nfe,
+            device=device,
+            fit=fit,
+            mirror=mirror,
         )
         restorer.parse(degradation)
     except RestorationError as e:

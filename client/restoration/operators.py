@@ -468,6 +468,15 @@ class Degradation:
         ops = [op.with_kernel(kernel) if isinstance(op, UnknownBlur) else op for op in ops]
         return Degradation(Composed(ops), self.noise)
 
+    def mirror_symmetric(self, hw: tuple[int, int]) -> bool:
+        """True when mirroring the image left-right mirrors its observation: ``A(flip x) =
+        flip(A x)`` on ``hw`` images (centred masks, symmetric kernels, noise alone), so the
+        mirrored scan is a scan of the mirrored patient by the same scanner."""
+        if self.blind:
+            return False
+        x = torch.rand((1, 1, *hw), generator=torch.Generator().manual_seed(0))
+        return bool(torch.allclose(self.A(x.flip(-1)), self.A(x).flip(-1), atol=1e-5))
+
     def kernel_size(self) -> int:
         ops = self.operator.ops if isinstance(self.operator, Composed) else [self.operator]
         return next(op.size for op in ops if isinstance(op, UnknownBlur))

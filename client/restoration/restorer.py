@@ -65,10 +65,13 @@ class Restorer:
         nfe: int | None = None,
         device: str = "cpu",
         fit: float | None = None,
+        mirror: bool = False,
     ) -> None:
         """``fit``: weight of the final pull towards the scan (:func:`solvers.final_fit`;
         None: :func:`solvers.default_fit` of each degradation, 0 turns it off; not applied by
-        blinddps, whose kernel is itself an estimate)."""
+        blinddps, whose kernel is itself an estimate). ``mirror``: also restore the left-right
+        mirrored scan and average the two (a self-ensemble at twice the cost; needs a
+        mirror-symmetric scanner, see :meth:`Degradation.mirror_symmetric`)."""
         if method not in METHODS:
             raise UnsupportedMethodError(
                 f"unknown method {method!r}; use one of {', '.join(METHODS)}"
@@ -77,7 +80,9 @@ class Restorer:
             raise RestorationInputError(f"nfe must be >= 1, got {nfe}")
         if fit is not None and not 0 <= fit < float("inf"):
             raise RestorationInputError(f"fit must be a number >= 0, got {fit}")
-        self.fit = fit
+        if mirror and method == "blinddps":
+            raise UnsupportedMethodError("blinddps cannot mirror: its kernel estimate differs")
+        self.fit, self.mirror = fit, mirror
         self.method, self.model_dir, self.device = method, Path(model_dir), torch.device(device)
         self.nfe = nfe or DEFAULT_NFE[method]
         if not self.model_dir.is_dir():
@@ -167,7 +172,27 @@ class Restorer:
             deg.operator.A(torch.zeros(1, 1, H, W)) if not deg.blind else None
         except DegradationSpecError as e:
             raise RestorationInputError(str(e)) from None
+        if self.mirror and not deg.mirror_symmetric((H, W)):
+            raise RestorationInputError(
+                f"{deg.spec} is not left-right symmetric on {H}x{W} images; restore without mirror"
+            )
         return deg
+
+    def _solve(
+        self, deg: Degradation, y: torch.Tensor, seed: int
+    ) -> tuple[solvers.SolverResult, Any]:
+        """This method's solver on ``y`` ``[B, 1, h, w]``, and the model it used."""
+        gens = [torch.Generator(device=self.device).manual_seed(seed) for _ in range(len(y))]
+        if self.method == "dps":
+            return solvers.dps(self.prior, deg, y, gens, nfe=self.nfe), self.prior
+        if self.method == "blinddps":
+            res = solvers.blind_dps(self.prior, self.kernel_prior, deg, y, gens, nfe=self.nfe)
+            return res, self.prior
+        model = self._bridge(deg)
+        if self.method == "gctm":
+            return solvers.gctm(model, deg, y, nfe=self.nfe), model
+        deep = self.method == "cddb-deep"
+        return solvers.cddb(model, deg, y, gens, nfe=self.nfe, deep=deep), model
 
     @torch.no_grad()
     def restore(self, images: np.ndarray, degradation: str, seed: int = 0) -> list[Restored]:
@@ -180,19 +205,11 @@ class Restorer:
         y = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None].to(
             self.device
         )
-        gens = [torch.Generator(device=self.device).manual_seed(seed) for _ in range(len(images))]
-        if self.method == "dps":
-            res = solvers.dps(self.prior, deg, y, gens, nfe=self.nfe)
-            model = self.prior
-        elif self.method == "blinddps":
-            res = solvers.blind_dps(self.prior, self.kernel_prior, deg, y, gens, nfe=self.nfe)
-            model = self.prior
-        elif self.method == "gctm":
-            model = self._bridge(deg)
-            res = solvers.gctm(model, deg, y, nfe=self.nfe)
-        else:
-            model = self._bridge(deg)
-            res = solvers.cddb(model, deg, y, gens, nfe=self.nfe, deep=self.method == "cddb-deep")
+        res, model = self._solve(deg, y, seed)
+        if self.mirror:
+            other, _ = self._solve(deg, y.flip(-1), seed)
+            res.x = (res.x + other.x.flip(-1)) / 2
+            res.params = {**res.params, "mirror_ensemble": True}
         if self.method != "blinddps":
             fit = solvers.default_fit(deg) if self.fit is None else self.fit
             res.x = solvers.final_fit(deg, y, res.x, fit)

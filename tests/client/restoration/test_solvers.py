@@ -209,3 +209,33 @@ def test_api_rejects_bad_inputs_with_typed_errors(tiny_models: Path) -> None:
     # sr:2 restores a 16-px observation onto the 32-px grid.
     out = r.restore(np.full((1, 16, 16), 0.5, np.float32), "sr:2")
     assert out[0].image.shape == (32, 32)
+
+
+def test_the_mirror_ensemble_averages_the_scan_and_its_mirror_image(tiny_models: Path) -> None:
+    _, y = observe(TINY_BRIDGE_SPEC)
+    images = y[:, 0].numpy()
+    plain = Restorer("cddb", tiny_models, nfe=2, fit=0)
+    both = Restorer("cddb", tiny_models, nfe=2, fit=0, mirror=True).restore(
+        images, TINY_BRIDGE_SPEC
+    )
+    direct = plain.restore(images, TINY_BRIDGE_SPEC)
+    mirrored = plain.restore(np.ascontiguousarray(images[..., ::-1]), TINY_BRIDGE_SPEC)
+    for b, d, m in zip(both, direct, mirrored, strict=True):
+        np.testing.assert_allclose(b.image, (d.image + m.image[..., ::-1]) / 2, atol=1e-6)
+        assert b.provenance["params"]["mirror_ensemble"] is True
+        assert not np.allclose(b.image, d.image)
+    assert "mirror_ensemble" not in direct[0].provenance["params"]
+
+
+def test_the_mirror_ensemble_is_refused_where_the_scanner_is_not_symmetric(
+    tiny_models: Path,
+) -> None:
+    assert parse_spec("inpaint:box").mirror_symmetric((32, 32))
+    assert parse_spec(BLUR).mirror_symmetric((32, 32))
+    slanted = "blur:motion:length=5,angle=30+noise:gauss:sigma=0.01"
+    assert not parse_spec(slanted).mirror_symmetric((32, 32))
+    _, y = observe(slanted)
+    with pytest.raises(RestorationInputError, match="not left-right symmetric"):
+        Restorer("dps", tiny_models, nfe=2, mirror=True).restore(y[:, 0].numpy(), slanted)
+    with pytest.raises(UnsupportedMethodError, match="mirror"):
+        Restorer("blinddps", tiny_models, mirror=True)
