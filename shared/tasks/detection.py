@@ -1,4 +1,4 @@
-"""Box detection (lungs, lesions) with an anchor-free, one-cell-per-object head; mAP@0.5.
+"""Box detection (lungs, lesions) with an anchor-free head on the token grid; mAP@0.5.
 
 Each token of the patch grid predicts, for every box class, an objectness score and a box:
 the offset of the box centre from that cell's corner, in [-0.5, 1.5] cells, and the box width

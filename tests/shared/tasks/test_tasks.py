@@ -44,7 +44,7 @@ def test_detection_targets_give_each_box_three_cells_that_each_decode_to_it():
     from festa.shared.tasks.detection import decode, encode_targets
 
     cell, grid = 8.0, 8
-    box = torch.tensor([[21.0, 26.0, 31.0, 34.0]])  # centre (26, 30): cell (3, 3), near (2, 4)
+    box = torch.tensor([[21.0, 26.0, 31.0, 34.0]])  # centre (26, 30) px: cell (row 3, col 3)
     obj, reg, pos = encode_targets([box], [torch.tensor([1])], 2, grid, cell)
     assert pos[0, 1].nonzero().tolist() == [[3, 2], [3, 3], [4, 3]]  # (row, col)
     assert not pos[0, 0].any()
