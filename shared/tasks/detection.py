@@ -2,8 +2,9 @@
 
 Each token of the patch grid predicts, for every box class, an objectness score and a box:
 the offset of the box centre from that cell's corner, in [-0.5, 1.5] cells, and the box width
-and height. A ground-truth box has three positives (YOLOv5-style assignment): the cell that
-holds its centre and that cell's horizontal and vertical neighbours nearest the centre.
+and height. The cell that holds a ground-truth box's centre is its only objectness positive
+(CenterNet-style); the box itself is regressed from that cell and from its horizontal and
+vertical neighbours nearest the centre (YOLOv5-style), three times the box supervision.
 """
 
 from __future__ import annotations
@@ -45,22 +46,25 @@ class DetectionTail(nn.Module):
 def encode_targets(
     boxes: list[torch.Tensor], labels: list[torch.Tensor], num_classes: int, grid: int, cell: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Ground truth -> (objectness `[B, C, g, g]`, regression `[B, C, 4, g, g]`, positive mask)."""
+    """Ground truth -> (objectness `[B, C, g, g]`, one per box at its centre cell; regression
+    targets `[B, C, 4, g, g]`; mask `[B, C, g, g]` of the cells that regress a box)."""
     b = len(boxes)
     obj = torch.zeros(b, num_classes, grid, grid)
     reg = torch.zeros(b, num_classes, 4, grid, grid)
+    regresses = torch.zeros(b, num_classes, grid, grid, dtype=torch.bool)
     for i, (bx, lb) in enumerate(zip(boxes, labels, strict=True)):
         for box, c in zip(bx.tolist(), lb.tolist(), strict=True):
             cx, cy = (box[0] + box[2]) / 2 / cell, (box[1] + box[3]) / 2 / cell
             gx, gy = min(int(cx), grid - 1), min(int(cy), grid - 1)
             w, h = max(box[2] - box[0], 1.0) / cell, max(box[3] - box[1], 1.0) / cell
+            obj[i, c, gy, gx] = 1.0
             nx = gx - 1 if cx - gx < 0.5 else gx + 1  # the neighbours nearest the centre
             ny = gy - 1 if cy - gy < 0.5 else gy + 1
             for x, y in ((gx, gy), (nx, gy), (gx, ny)):
                 if 0 <= x < grid and 0 <= y < grid:
-                    obj[i, c, y, x] = 1.0
                     reg[i, c, :, y, x] = torch.tensor([cx - x, cy - y, np.log(w), np.log(h)])
-    return obj, reg, obj.bool()
+                    regresses[i, c, y, x] = True
+    return obj, reg, regresses
 
 
 def centre_offset(raw: torch.Tensor) -> torch.Tensor:
@@ -125,24 +129,29 @@ class Detection(Task):
         return boxes is not None and len(boxes) > 0
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
-        """Focal objectness + box regression, each box class normalised by its own positives.
+        """Focal objectness + box regression, each box class normalised by its own boxes
+        (objectness) and its own regressing cells (regression).
 
         One normaliser for all classes let the two lung boxes of every image outweigh the one
         lesion of a third of the images about 6:1, and lesions stayed unlearned (lesion AP
         0.14 after 3,840 examples; 0.39 with per-class normalisation; BENCHMARKS.md).
+        Regressing from three cells raised festa's lesion AP; making all three objectness
+        positives as well slowed the start of lesion learning and cost classification
+        (BENCHMARKS.md, 2026-12-08).
         """
         logits, raw = outputs["logits"], outputs["boxes"]
         b, c, g, _ = logits.shape
         cell = batch["image"].shape[-1] / g
-        obj, reg_t, pos = encode_targets(batch["boxes"], batch["box_labels"], c, g, cell)
-        obj, reg_t, pos = obj.to(logits.device), reg_t.to(logits.device), pos.to(logits.device)
-        per_class = pos.sum(dim=(0, 2, 3)).clamp(min=1)  # [C] positives of each class
+        obj, reg_t, regresses = encode_targets(batch["boxes"], batch["box_labels"], c, g, cell)
+        obj, reg_t, regresses = (t.to(logits.device) for t in (obj, reg_t, regresses))
+        boxes = obj.sum(dim=(0, 2, 3)).clamp(min=1)  # [C] boxes of each class
+        cells = regresses.sum(dim=(0, 2, 3)).clamp(min=1)  # [C] cells regressing them
         cls_loss = sigmoid_focal_loss(logits, obj, reduction="none").sum(dim=(0, 2, 3))
         reg = raw.reshape(b, c, 4, g, g)
         pred = torch.cat([centre_offset(reg[:, :, :2]), reg[:, :, 2:]], dim=2)
         reg_err = F.smooth_l1_loss(pred, reg_t, reduction="none", beta=0.1).sum(dim=2)
-        reg_loss = (reg_err * pos).sum(dim=(0, 2, 3))
-        return ((cls_loss + reg_loss) / per_class).sum()
+        reg_loss = (reg_err * regresses).sum(dim=(0, 2, 3))
+        return (cls_loss / boxes + reg_loss / cells).sum()
 
     def new_metric(self, config: ModelConfig) -> DetectionMetric:
         return DetectionMetric(config)

@@ -39,13 +39,14 @@ def test_registry_refuses_duplicates_and_unknown_names():
 
 
 def test_detection_targets_give_each_box_three_cells_that_each_decode_to_it():
-    """A box's centre cell and its two nearest neighbours are positives, and a tail output
-    equal to the targets decodes, from each of them, to the box itself."""
+    """A box's centre cell is its objectness positive; it and its two nearest neighbours
+    regress it, and a tail output equal to the targets decodes, from each of them, to the box."""
     from festa.shared.tasks.detection import decode, encode_targets
 
     cell, grid = 8.0, 8
     box = torch.tensor([[21.0, 26.0, 31.0, 34.0]])  # centre (26, 30) px: cell (row 3, col 3)
     obj, reg, pos = encode_targets([box], [torch.tensor([1])], 2, grid, cell)
+    assert obj[0, 1].nonzero().tolist() == [[3, 3]] and not obj[0, 0].any()
     assert pos[0, 1].nonzero().tolist() == [[3, 2], [3, 3], [4, 3]]  # (row, col)
     assert not pos[0, 0].any()
     assert reg[0, 1, :2][:, pos[0, 1]].min() >= -0.5 and reg[0, 1, :2][:, pos[0, 1]].max() <= 1.5
