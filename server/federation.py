@@ -50,6 +50,7 @@ from festa.server.store.recorder import RunRecorder
 from festa.server.store.runstore import RunStore
 from festa.shared.config import FederationConfig
 from festa.shared.fedavg import fedavg
+from festa.shared.inference.trained_model import check_box_coding
 from festa.shared.model.body import Body
 from festa.shared.model.pipeline import staleness_lr_scale
 from festa.shared.privacy.label_protection import ships_body_snapshot, with_body_snapshot
@@ -590,6 +591,7 @@ class Federation:
         if not path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {path}")
         ckpt = torch.load(path, weights_only=False)
+        check_box_coding(ckpt["config"]["model"], ckpt["task_states"], f"--resume: {path}")
         saved = FederationConfig.model_validate(ckpt["config"])
         if saved != self.cfg:
             raise ValueError(f"--resume: the config differs from the checkpointed run in {path}")

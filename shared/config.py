@@ -61,6 +61,13 @@ class FestaModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# How detection tails encode a box (`festa.shared.tasks.detection`). 2: objectness at the box's
+# centre cell, the box regressed from that cell and its two nearest neighbours, offsets
+# 2·sigmoid − 0.5 (since 2026-12-08). 1 (configs saved without the key): one cell per box,
+# sigmoid offsets; its weights decode shifted boxes under code 2, so loading them is refused.
+BOX_CODING = 2
+
+
 class ModelConfig(FestaModel):
     """Sizes of the split ViT shared by every head, the body and every tail."""
 
@@ -81,6 +88,9 @@ class ModelConfig(FestaModel):
     )
     pixel_mean: float = Field(0.5, description="heads standardise [0, 1] pixels with this mean")
     pixel_std: float = Field(0.25, gt=0, description="... and this standard deviation")
+    box_coding: Literal[2] = Field(
+        BOX_CODING, description="how detection tails encode boxes (BOX_CODING); set by festa"
+    )
 
     @model_validator(mode="after")
     def _check_divisibility(self) -> ModelConfig:

@@ -25,6 +25,7 @@ from festa.shared.inference.trained_model import (
     ModelLoadError,
     TrainedModel,
     build_trained_model,
+    check_box_coding,
 )
 
 EXPORT_FORMAT = "festa-export"
@@ -78,6 +79,7 @@ def load_exported(export_dir: str | Path) -> TrainedModel:
             f"{root}: not a {EXPORT_FORMAT} v{EXPORT_VERSION} folder "
             f"(format {meta.get('format')!r}, version {meta.get('version')!r})"
         )
+    check_box_coding(meta["model"], meta["files"], str(root))
     config = ModelConfig.model_validate(meta["model"])
     states = {}
     for name, parts in meta["files"].items():

@@ -7,13 +7,14 @@ run (`checkpoint.pt`), or a folder written by `festa export` (`model.json` + saf
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from festa.shared.config import ModelConfig
+from festa.shared.config import BOX_CODING, ModelConfig
 from festa.shared.data.phantoms import BOX_CLASS_NAMES, CLASS_NAMES
 from festa.shared.model.body import Body
 from festa.shared.train.task_model import TaskModel
@@ -74,6 +75,18 @@ def build_trained_model(
     return TrainedModel(config, body, tasks, source, data_source)
 
 
+def check_box_coding(model: dict[str, Any], tasks: Iterable[str], where: str) -> None:
+    """Refuse detection weights saved under another box coding (their boxes would decode
+    shifted); `model` is the saved model config as a dict."""
+    coding = model.get("box_coding", 1)  # saved before the key existed: coding 1
+    if "detection" in tasks and coding != BOX_CODING:
+        raise ModelLoadError(
+            f"{where}: its detection tail encodes boxes with box coding {coding}, this festa "
+            f"decodes coding {BOX_CODING} (see festa.shared.config.BOX_CODING); retrain the "
+            "run, or evaluate it with the festa version that trained it"
+        )
+
+
 def _checkpoint_path(path: Path) -> Path:
     if path.is_file():
         return path
@@ -103,6 +116,8 @@ def load_trained_model(path: str | Path) -> TrainedModel:
     if not isinstance(ckpt, dict) or "body" not in ckpt or "config" not in ckpt:
         raise ModelLoadError(f"{ckpt_path}: not a festa checkpoint (no body/config)")
     config = ckpt["config"]
+    tasks = ckpt.get("task_states", ckpt.get("tasks", {}))
+    check_box_coding(config["model"], tasks, str(ckpt_path))
     model_config = ModelConfig.model_validate(config["model"])
     data_source = config.get("data", {}).get("source", "phantoms")
     body_state = ckpt["body"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from festa.shared.config import CentralConfig, DataConfig, ModelConfig, OptimConfig
@@ -209,3 +210,27 @@ def _write_dicom(path: Path, pixels: np.ndarray) -> None:
     ds.PixelRepresentation = 0
     ds.PixelData = pixels.astype(np.uint8).tobytes()
     ds.save_as(str(path), enforce_file_format=True)
+
+
+def test_detection_weights_of_an_older_box_coding_are_refused(central_run, tmp_path):
+    """A run or export saved before the box coding existed decodes shifted boxes under today's
+    code: loading it is refused with the reason, while today's run still loads."""
+    run, _ = central_run
+    ckpt_path = run / "checkpoint.pt"
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    assert "detection" in ckpt["tasks"] and ckpt["config"]["model"]["box_coding"] == 2
+    export_dir = tmp_path / "export"
+    export_model(load_trained_model(run), export_dir)
+
+    del ckpt["config"]["model"]["box_coding"]  # as every checkpoint before 2026-12-08
+    torch.save(ckpt, tmp_path / "old.pt")
+    with pytest.raises(ModelLoadError, match="box coding 1"):
+        load_trained_model(tmp_path / "old.pt")
+    meta = json.loads((export_dir / "model.json").read_text())
+    del meta["model"]["box_coding"]
+    (export_dir / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match="box coding 1"):
+        load_trained_model(export_dir)
+    del ckpt["tasks"]["detection"]  # without detection weights, nothing decodes boxes
+    torch.save(ckpt, tmp_path / "no_detection.pt")
+    assert "detection" not in load_trained_model(tmp_path / "no_detection.pt").tasks
