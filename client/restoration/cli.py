@@ -349,13 +349,13 @@ def run_cmd(
         min=0,
         help="Final pull of each result towards its scan, so small findings the network "
         "smoothed away come back (0: off; default 1e-2, off for noise-only SPECs, where it "
-        "adds noise back). Not used by blinddps.",
+        "adds noise back). Not used for blur:unknown (blinddps, blind bridges).",
     ),
     mirror: bool = typer.Option(
         False,
         "--mirror",
         help="Also restore each scan mirrored left-right and average the two (twice the time; "
-        "left-right symmetric SPECs only; not blinddps).",
+        "left-right symmetric SPECs, or blur:unknown with a blind bridge; not blinddps).",
     ),
 ) -> None:
     """Restore every image of --input; one bad image is reported and skipped, the rest still run."""

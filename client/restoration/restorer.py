@@ -5,7 +5,7 @@ build a :class:`Restorer` once, call ``restore`` often.
 
     model_dir/prior/          image prior            dps, blinddps
     model_dir/kernel_prior/   kernel prior           blinddps
-    model_dir/bridges/*/      one bridge per SPEC    cddb, cddb-deep
+    model_dir/bridges/*/      one bridge per SPEC    cddb, cddb-deep (cddb alone for blur:unknown)
     model_dir/gctm/*/         one GCTM per SPEC      gctm (one network evaluation)
 
 Output size equals the input size, except for ``sr:F`` where it is F times the input (the
@@ -38,6 +38,9 @@ from festa.shared.config import RestorationMethod
 
 METHODS: tuple[str, ...] = get_args(RestorationMethod)
 MAX_SIDE_FACTOR = 4  # largest restorable side, in multiples of the model's training size
+# Methods that can restore a blind blur: BlindDPS estimates the kernel; a bridge (and the GCTM
+# model distilled from it) trained on random kernels restores without one.
+BLIND_METHODS = ("blinddps", "cddb", "gctm")
 DEFAULT_NFE = {"dps": 1000, "cddb": 20, "cddb-deep": 20, "blinddps": 1000, "gctm": 1}
 # Folder of the per-SPEC models of a method, and the JSON naming each one's SPEC.
 PER_SPEC_MODELS = {
@@ -68,10 +71,11 @@ class Restorer:
         mirror: bool = False,
     ) -> None:
         """``fit``: weight of the final pull towards the scan (:func:`solvers.final_fit`;
-        None: :func:`solvers.default_fit` of each degradation, 0 turns it off; not applied by
-        blinddps, whose kernel is itself an estimate). ``mirror``: also restore the left-right
-        mirrored scan and average the two (a self-ensemble at twice the cost; needs a
-        mirror-symmetric scanner, see :meth:`Degradation.mirror_symmetric`)."""
+        None: :func:`solvers.default_fit` of each degradation, 0 turns it off; not applied to
+        ``blur:unknown``, whose kernel is unknown or, for blinddps, itself an estimate).
+        ``mirror``: also restore the left-right mirrored scan and average the two (a
+        self-ensemble at twice the cost; needs a mirror-symmetric scanner, see
+        :meth:`Degradation.mirror_symmetric`, or a blind blur)."""
         if method not in METHODS:
             raise UnsupportedMethodError(
                 f"unknown method {method!r}; use one of {', '.join(METHODS)}"
@@ -127,9 +131,10 @@ class Restorer:
     def parse(self, degradation: str) -> Degradation:
         """Parse SPEC and check this method can solve it."""
         deg = parse_spec(degradation)
-        if deg.blind and self.method != "blinddps":
+        if deg.blind and self.method not in BLIND_METHODS:
             raise UnsupportedMethodError(
-                f"{self.method} needs a known operator; use blinddps for {deg.spec}"
+                f"{self.method} needs a known operator; for {deg.spec} use blinddps, or cddb or "
+                "gctm with a model trained on that SPEC"
             )
         if self.method == "blinddps" and not deg.blind:
             raise UnsupportedMethodError("blinddps solves 'blur:unknown' degradations only")
@@ -172,7 +177,8 @@ class Restorer:
             deg.operator.A(torch.zeros(1, 1, H, W)) if not deg.blind else None
         except DegradationSpecError as e:
             raise RestorationInputError(str(e)) from None
-        if self.mirror and not deg.mirror_symmetric((H, W)):
+        # A blind model was trained on kernels at every angle: a mirrored scan is just another scan.
+        if self.mirror and not (deg.blind or deg.mirror_symmetric((H, W))):
             raise RestorationInputError(
                 f"{deg.spec} is not left-right symmetric on {H}x{W} images; restore without mirror"
             )
@@ -210,13 +216,15 @@ class Restorer:
             other, _ = self._solve(deg, y.flip(-1), seed)
             res.x = (res.x + other.x.flip(-1)) / 2
             res.params = {**res.params, "mirror_ensemble": True}
-        if self.method != "blinddps":
+        if not deg.blind:  # a blind blur's kernel is unknown or only an estimate: no final fit
             fit = solvers.default_fit(deg) if self.fit is None else self.fit
             res.x = solvers.final_fit(deg, y, res.x, fit)
             res.params = {**res.params, "final_fit": fit}
         seconds = (time.perf_counter() - start) / len(images)
-        fit_deg = deg.with_kernel(res.kernel) if res.kernel is not None else deg
-        residual = (y - fit_deg.A(res.x)).flatten(1).norm(dim=1)
+        residual = None  # a blind bridge leaves the kernel unknown, and with it the data fit
+        if res.kernel is not None or not deg.blind:
+            fit_deg = deg.with_kernel(res.kernel) if res.kernel is not None else deg
+            residual = (y - fit_deg.A(res.x)).flatten(1).norm(dim=1)
         out = []
         for i in range(len(images)):
             prov = {
@@ -227,7 +235,7 @@ class Restorer:
                 "model_sha256": model.sha256,
                 "seed": seed,
                 "nfe": res.nfe,
-                "residual": float(residual[i]),
+                "residual": None if residual is None else float(residual[i]),
                 "seconds": round(seconds, 4),
                 "device": str(self.device),
             }

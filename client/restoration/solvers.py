@@ -11,6 +11,8 @@ each image's result does not depend on what else is in its batch.
 - :func:`cddb`: CDDB (Chung, Kim, Ye 2023) on an I2SB bridge. ``deep=False``: a weighted
   Landweber step ``x0_hat <- x0_hat - alpha A^T W (A x0_hat - y)`` before each bridge step;
   ``deep=True`` (CDDB-deep): the DPS-like gradient through the network, applied to ``x_t``.
+  For a blind blur (``blur:unknown``) there is no operator to step with: a bridge trained on
+  random kernels is sampled as it is (plain I2SB, ``deep=False`` only).
 - :func:`gctm`: one-step restoration by a GCTM model distilled from a CDDB bridge
   (:mod:`festa.client.restoration.gctm`): ``x0 = G(lift(y), 1, 0)``, one network evaluation.
 - :func:`blind_dps`: BlindDPS (Chung et al. 2023): image and kernel chains in parallel, the kernel
@@ -241,8 +243,13 @@ def cddb(
     deep: bool = False,
     step: float | None = None,
 ) -> SolverResult:
-    """CDDB / CDDB-deep on ``nfe`` bridge steps, starting at ``x1 = lift(y)``."""
-    if step is None:
+    """CDDB / CDDB-deep on ``nfe`` bridge steps, starting at ``x1 = lift(y)``; for a blind
+    ``deg``, the bridge's own steps without data consistency (I2SB)."""
+    if deg.blind and deep:
+        raise ValueError("CDDB-deep needs a known operator; blind blur takes plain cddb")
+    if deg.blind:
+        step = 0.0
+    elif step is None:
         step = CDDB_DEEP_ZETA_20 * (20 / nfe) ** 0.5 if deep else cddb_alpha(deg)
     x = deg.operator.lift(y).clamp(0, 1) * 2 - 1
     ts = bridge.schedule.timesteps(nfe)
@@ -253,13 +260,13 @@ def cddb(
             x0 = bridge.predict_x0(x, t)
             if deep:
                 (grad,) = torch.autograd.grad(deg.residual(y, _img(x0)).sum(), x)
-        if not deep:
+        if not deep and not deg.blind:
             x0 = _landweber(deg, y, x0, step)
         noise = randn(tuple(x.shape[1:]), gens, y.device) if s > 0 else None
         x = bridge.schedule.posterior(x0.detach(), x.detach(), s, t, noise)
         if deep:
             x = x - step * grad
-    params = {"step": step, "deep": deep}
+    params = {"step": step, "deep": deep, "data_consistency": not deg.blind}
     return SolverResult(_img(x0.detach()).clamp(0, 1), len(ts) - 1, params)
 
 

@@ -294,14 +294,25 @@ def image_sampler(images: np.ndarray) -> Sampler:
     return sample
 
 
+def random_kernels(rng: np.random.Generator, batch: int, size: int) -> torch.Tensor:
+    """``batch`` kernels ``[B, 1, size, size]`` from :func:`random_kernel`'s distribution."""
+    return torch.stack([random_kernel(rng, size) for _ in range(batch)])[:, None]
+
+
 def paired_sampler(degradation: Degradation, images: np.ndarray) -> Sampler:
     """Pairs ``[B, 2, H, W]`` in [-1, 1]: channel 0 a clean image ``x0``, channel 1 its lifted
-    observation ``x1 = lift(A(x0) + noise)`` (the two ends of a CDDB bridge)."""
+    observation ``x1 = lift(A(x0) + noise)`` (the two ends of a CDDB bridge).
+
+    For a blind blur (``blur:unknown``) each pair gets its own kernel from the kernel prior's
+    distribution (:func:`random_kernel`), so the bridge learns to restore without knowing it."""
     clean = image_sampler(images)
 
     def sample(batch: int, rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
         x0 = clean(batch, rng, gen)
-        y = degradation.simulate((x0 + 1) / 2, seed=int(rng.integers(2**31)))
+        deg = degradation
+        if deg.blind:
+            deg = deg.with_kernel(random_kernels(rng, batch, deg.kernel_size()))
+        y = deg.simulate((x0 + 1) / 2, seed=int(rng.integers(2**31)))
         x1 = degradation.operator.lift(y) * 2 - 1
         return torch.cat([x0, x1], dim=1)
 
@@ -351,9 +362,7 @@ def train_kernel_prior(
     """Train the BlindDPS kernel prior on synthetic Gaussian and motion kernels ``[size, size]``."""
 
     def sample(batch: int, rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
-        return kernel_to_model(
-            torch.stack([random_kernel(rng, size) for _ in range(batch)])[:, None]
-        )
+        return kernel_to_model(random_kernels(rng, batch, size))
 
     ema, losses = train_loop(
         build_unet(size, "kernel"),

@@ -15,11 +15,13 @@ from festa.client.restoration.training import (
 )
 
 TINY_BRIDGE_SPEC = "blur:gauss:sigma=1+noise:gauss:sigma=0.01"
+TINY_BLIND_SPEC = "blur:unknown+noise:gauss:sigma=0.01"
 
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model folder (prior/, kernel_prior/, bridges/blur1/) of tiny UNets, 32 px."""
+    """A model folder (prior/, kernel_prior/, bridges/blur1/, bridges/blind/) of tiny UNets,
+    32 px."""
     root = tmp_path_factory.mktemp("restoration-models")
     cfg = TrainConfig(steps=4, batch=4, checkpoint_every=2, n_phantoms=32)
     train_prior("phantoms", 32, root / "prior", cfg, preset="tiny")
@@ -32,5 +34,8 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cfg,
         preset="tiny",
         init_from=root / "prior",
+    )
+    train_bridge(
+        parse_spec(TINY_BLIND_SPEC), "phantoms", 32, root / "bridges" / "blind", cfg, "tiny"
     )
     return root

@@ -18,7 +18,7 @@ from festa.client.restoration.models import load_bridge, load_prior
 from festa.client.restoration.operators import parse_spec
 from festa.client.restoration.restorer import Restorer
 from festa.shared.data.phantoms import phantom_images
-from tests.client.restoration.conftest import TINY_BRIDGE_SPEC
+from tests.client.restoration.conftest import TINY_BLIND_SPEC, TINY_BRIDGE_SPEC
 
 BLUR = "blur:gauss:sigma=1+noise:gauss:sigma=0.01"
 
@@ -239,3 +239,27 @@ def test_the_mirror_ensemble_is_refused_where_the_scanner_is_not_symmetric(
         Restorer("dps", tiny_models, nfe=2, mirror=True).restore(y[:, 0].numpy(), slanted)
     with pytest.raises(UnsupportedMethodError, match="mirror"):
         Restorer("blinddps", tiny_models, mirror=True)
+
+
+def test_a_blind_bridge_restores_without_a_kernel(tiny_models: Path) -> None:
+    """A bridge trained on random kernels restores ``blur:unknown`` with plain CDDB steps (no
+    operator to step with), records that, and leaves the data fit unknown; a final fit, which
+    needs the kernel, is not applied, and methods that need it are refused with their reason."""
+    _, y = observe("blur:motion:length=5,angle=30+noise:gauss:sigma=0.01")
+    images = y[:, 0].numpy()
+    out = Restorer("cddb", tiny_models, nfe=2).restore(images, TINY_BLIND_SPEC)
+    spec = parse_spec(TINY_BLIND_SPEC).spec
+    for r in out:
+        assert r.image.shape == (32, 32) and np.isfinite(r.image).all()
+        assert r.provenance["degradation"] == spec and r.provenance["residual"] is None
+        assert r.provenance["model_id"].endswith("bridges/blind")
+        assert r.provenance["params"]["data_consistency"] is False
+        assert "final_fit" not in r.provenance["params"] and r.kernel is None
+    mirrored = Restorer("cddb", tiny_models, nfe=2, mirror=True).restore(images, TINY_BLIND_SPEC)
+    assert mirrored[0].provenance["params"]["mirror_ensemble"] is True
+    with pytest.raises(UnsupportedMethodError, match="known operator"):
+        Restorer("cddb-deep", tiny_models, nfe=2).restore(images, TINY_BLIND_SPEC)
+    with pytest.raises(UnsupportedMethodError, match="known operator"):
+        Restorer("dps", tiny_models, nfe=2).restore(images, TINY_BLIND_SPEC)
+    fitted = Restorer("cddb", tiny_models, nfe=2, fit=0.01).restore(images, TINY_BLIND_SPEC)
+    np.testing.assert_array_equal(fitted[0].image, out[0].image)  # no kernel to fit: not applied

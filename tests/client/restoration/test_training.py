@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import DDPMPipeline, UNet2DModel
 
-from festa.client.restoration.training import TrainConfig, train_prior
+from festa.client.restoration.operators import parse_spec
+from festa.client.restoration.training import TrainConfig, paired_sampler, train_prior
 from tests.client.restoration.conftest import TINY_BRIDGE_SPEC
 
 
@@ -52,7 +54,6 @@ def test_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
 
 
 def test_a_diverging_loss_stops_training_with_a_typed_error(tmp_path: Path) -> None:
-    import numpy as np
     import pytest
 
     from festa.client.restoration.errors import TrainingDivergedError
@@ -67,3 +68,23 @@ def test_a_diverging_loss_stops_training_with_a_typed_error(tmp_path: Path) -> N
     with pytest.raises(TrainingDivergedError):
         train_loop(build_unet(16, "tiny"), tmp_path, sample, nan_loss, TrainConfig(steps=3), "nan")
     assert not (tmp_path / "unet").exists()
+
+
+def test_blind_blur_pairs_each_get_their_own_kernel() -> None:
+    """A blind bridge learns from pairs blurred by kernels it is never told: every pair of one
+    batch is blurred differently, each observation keeps its image's mean (kernels sum to 1),
+    and each is smoother than the image it came from."""
+    image = np.zeros((1, 32, 32), np.float32)
+    image[0, 8:24, 12:20] = 1.0
+    sample = paired_sampler(parse_spec("blur:unknown"), image)  # noise-free, to compare exactly
+    pairs = sample(8, np.random.default_rng(0), torch.Generator().manual_seed(0))
+    x0, x1 = pairs[:, 0], pairs[:, 1]
+    torch.testing.assert_close(x1.mean(dim=(1, 2)), x0.mean(dim=(1, 2)), atol=1e-5, rtol=0)
+
+    def roughness(x: torch.Tensor) -> torch.Tensor:  # gradient energy: any blur lowers it
+        return x.diff(dim=-1).pow(2).sum(dim=(1, 2)) + x.diff(dim=-2).pow(2).sum(dim=(1, 2))
+
+    assert (roughness(x1) < roughness(x0)).all()
+    flat = x1.flatten(1)
+    distinct = {tuple(np.round(v.numpy(), 4)) for v in flat}
+    assert len(distinct) == 8  # the same clean image (up to a flip) under 8 different kernels

@@ -70,6 +70,14 @@ case "${1:-all}" in
       --data "$CXR" --size 64 --out $W/bridges/inpaintbox --init-from $W/prior --steps 1800 \
       --batch 16 --lr 5e-4 --seed 0 --preset small --threads 1
     rm -f $W/bridges/inpaintbox/checkpoint.pt
+    # blindblur (2026-12-08): a bridge for `blur:unknown`, trained on pairs each blurred by its
+    # own random kernel (the kernel prior's Gaussian + motion distribution), started from the
+    # Gaussian-blur bridge (it already deblurs); nice 5 on one idle core, 30 min (1.67 steps/s):
+    nice -n 5 python -m festa.client.restoration.cli train-bridge \
+      --degradation "blur:unknown+noise:gauss:sigma=0.01" --data "$CXR" --size 64 \
+      --out $W/bridges/blindblur --init-from $W/bridges/gaussblur2 --steps 3000 --batch 16 \
+      --lr 5e-4 --seed 0 --preset small --threads 1
+    rm -f $W/bridges/blindblur/checkpoint.pt
     ;;&
   gctm|all)
     # One-step GCTM models distilled from the stage-2 bridges (client/restoration/gctm.py), on
