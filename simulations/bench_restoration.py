@@ -37,7 +37,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from festa.client.restoration.committed_weights import CXR_WEIGHTS
 from festa.client.restoration.errors import RestorationError
-from festa.client.restoration.models import load_prior
+from festa.client.restoration.models import bridge_specs, load_bridge, load_prior
 from festa.client.restoration.operators import parse_spec
 from festa.client.restoration.restorer import Restorer
 from festa.client.restoration.scanner import degrade
@@ -157,8 +157,10 @@ def main(
         merged = {c.name: cells[c.name] for c in CASES if c.name in cells}
         report(merged, [run["settings"] for run in loaded], paths, threads, console, write)
         return
-    prior = load_prior(model / "prior")
-    size = prior.size
+    # A folder of bridges alone (cxr128) has no prior: dps, blinddps and deepinv's rows then
+    # report that they need one, and the image size comes from its first bridge.
+    prior = load_prior(model / "prior") if (model / "prior").is_dir() else None
+    size = prior.size if prior else load_bridge(next(iter(bridge_specs(model).values()))).size
     clean, ids = manifest_images(data, "val", size, limit=n_val)
     tune_x, tune_ids = manifest_images(data, TRAIN_SPLIT, size, limit=n_tune)
     chosen = [c for c in CASES if not cases or c.name in cases.split(",")]
@@ -226,7 +228,7 @@ def main(
                 console.print(f"{case.name}: {label} {psnr:.2f} dB ({seconds:.2f} s/img)")
         restore_deg = parse_spec(case.restore)
         for method in rb.DEEPINV_METHODS:
-            if not deepinv or not rb.deepinv_applicable(method, restore_deg):
+            if not deepinv or prior is None or not rb.deepinv_applicable(method, restore_deg):
                 continue
             t = time.perf_counter()
             est = rb.run_deepinv(method, prior, restore_deg, y, deepinv_steps, seed)

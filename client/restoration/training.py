@@ -392,13 +392,17 @@ def train_bridge(
 ) -> list[float]:
     """Train a CDDB (I2SB-style) bridge from ``lift(A(x) + noise)`` to ``x`` and save it to ``out``.
 
-    ``init_from``: an image-prior folder to start from (same preset), which speeds training up."""
+    ``init_from``: an image-prior or bridge folder to start from (same preset, any size), which
+    speeds training up."""
     images = load_images(data, size, cfg.n_phantoms, cfg.seed, cfg.lesion_share)
     model = build_unet(size, preset)
     if init_from is not None:
         model = UNet2DModel.from_pretrained(
             init_from, subfolder="unet", local_files_only=True, low_cpu_mem_usage=False
         ).float()
+        # Convolutions and attention apply at any size: a larger model can start from a smaller
+        # one's weights (a 128-px bridge from a 64-px model); its config then names its own size.
+        model.register_to_config(sample_size=size)
     schedule = BridgeSchedule()
     sample = paired_sampler(degradation, images)
 

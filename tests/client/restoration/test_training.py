@@ -9,8 +9,14 @@ import numpy as np
 import torch
 from diffusers import DDPMPipeline, UNet2DModel
 
+from festa.client.restoration.models import load_bridge
 from festa.client.restoration.operators import parse_spec
-from festa.client.restoration.training import TrainConfig, paired_sampler, train_prior
+from festa.client.restoration.training import (
+    TrainConfig,
+    paired_sampler,
+    train_bridge,
+    train_prior,
+)
 from tests.client.restoration.conftest import TINY_BRIDGE_SPEC
 
 
@@ -88,3 +94,16 @@ def test_blind_blur_pairs_each_get_their_own_kernel() -> None:
     flat = x1.flatten(1)
     distinct = {tuple(np.round(v.numpy(), 4)) for v in flat}
     assert len(distinct) == 8  # the same clean image (up to a flip) under 8 different kernels
+
+
+def test_a_bridge_can_start_from_a_smaller_models_weights(
+    tiny_models: Path, tmp_path: Path
+) -> None:
+    """A 64-px bridge starts from the 32-px prior's weights (how cxr128 started from cxr64) and
+    then is a 64-px model: its config, and the size the Restorer checks images against, say so."""
+    cfg = TrainConfig(steps=1, batch=2, checkpoint_every=1, n_phantoms=4)
+    spec = parse_spec(TINY_BRIDGE_SPEC)
+    train_bridge(spec, "phantoms", 64, tmp_path, cfg, "tiny", init_from=tiny_models / "prior")
+    assert load_bridge(tmp_path).size == 64
+    start = UNet2DModel.from_pretrained(tiny_models / "prior", subfolder="unet")
+    assert start.config.sample_size == 32  # the folder it started from is untouched
