@@ -178,7 +178,7 @@ def main(
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {
-        "model": str(model), "n_val": len(clean), "val_ids": ids, "tune_ids": tune_ids,
+        "model": str(model), "size": size, "n_val": len(clean), "val_ids": ids, "tune_ids": tune_ids,
         "nfe": nfe, "final_fit": ["default" if f is None else f for f in fit_values], "mirror": mirror,
         "deepinv_steps": deepinv_steps if deepinv else 0, "seed": seed,
         "cases": [c.__dict__ for c in chosen],
@@ -273,7 +273,8 @@ def report(
         table_rows(results),
         notes=(
             f"Device: CPU, {threads} torch thread(s); wall time per run: {wall}. Models: "
-            f"`{model.relative_to(REPO) if model.is_relative_to(REPO) else model}` (64 px). "
+            f"`{model.relative_to(REPO) if model.is_relative_to(REPO) else model}` "
+            f"({first.get('size', 64)} px). "
             f"Images: the first {len(ids)} cxr-open val rows (id prefixes {', '.join(sites)}; "
             "their finding labels are confounded with site, irrelevant to PSNR/SSIM), "
             f"area-downsized, mean ± std over images; seed {first['seed']}; NFE {first['nfe']}; "
