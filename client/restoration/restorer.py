@@ -221,10 +221,9 @@ class Restorer:
             res.x = solvers.final_fit(deg, y, res.x, fit)
             res.params = {**res.params, "final_fit": fit}
         seconds = (time.perf_counter() - start) / len(images)
-        residual = None  # a blind bridge leaves the kernel unknown, and with it the data fit
-        if res.kernel is not None or not deg.blind:
-            fit_deg = deg.with_kernel(res.kernel) if res.kernel is not None else deg
-            residual = (y - fit_deg.A(res.x)).flatten(1).norm(dim=1)
+        fit_deg = deg.with_kernel(res.kernel) if res.kernel is not None else deg
+        # A blind bridge leaves the kernel unknown, and with it the data fit.
+        residual = None if fit_deg.blind else (y - fit_deg.A(res.x)).flatten(1).norm(dim=1)
         out = []
         for i in range(len(images)):
             prov = {
