@@ -5,6 +5,8 @@ the offset of the box centre from that cell's corner, in [-0.5, 1.5] cells, and 
 and height. The cell that holds a ground-truth box's centre is its only objectness positive
 (CenterNet-style); the box itself is regressed from that cell and from its horizontal and
 vertical neighbours nearest the centre (YOLOv5-style), three times the box supervision.
+This is box coding 2 (`festa.shared.config.BOX_CODING`): a change to how boxes encode or decode
+must bump it, so that weights trained under the old coding are refused rather than misread.
 """
 
 from __future__ import annotations
